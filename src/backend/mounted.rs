@@ -1,0 +1,245 @@
+//! The mounted backend: the same operations on a share mounted into the pod (such as
+//! `/persistentvolumes` in nfs-subdir-external-provisioner deployments), for NFSv4-only
+//! servers and as a drop-in replacement. Blocking filesystem calls run off the runtime.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share, Space, Stat};
+use crate::path::RelPath;
+
+pub struct MountedShare {
+    root: PathBuf,
+}
+
+impl MountedShare {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Path) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || f(&root)).await.map_err(|e| BackendError::Io {
+            op: "run",
+            path: String::new(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| BackendError::Io { op, path: path.display().to_string(), source }
+}
+
+fn kind_of(ft: fs::FileType) -> Kind {
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    }
+}
+
+/// Metadata without following a final symlink; `None` when absent.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, BackendError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("stat", path)(e)),
+    }
+}
+
+/// Walks `segments` below `root`, refusing symlinks and non-directories on the way, so
+/// a link planted in the share can never redirect us outside it. `None` when a segment
+/// is missing.
+fn walk(root: &Path, segments: &[String]) -> Result<Option<PathBuf>, BackendError> {
+    let mut at = root.to_path_buf();
+    for seg in segments {
+        at.push(seg);
+        match lstat(&at)? {
+            None => return Ok(None),
+            Some(m) => require_dir(&m, &at)?,
+        }
+    }
+    Ok(Some(at))
+}
+
+fn require_dir(m: &fs::Metadata, path: &Path) -> Result<(), BackendError> {
+    let path = path.display().to_string();
+    match kind_of(m.file_type()) {
+        Kind::Dir => Ok(()),
+        Kind::Symlink => Err(BackendError::Symlink { path }),
+        _ => Err(BackendError::NotADirectory { path }),
+    }
+}
+
+fn set_attrs(path: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), BackendError> {
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::lchown(path, uid, gid).map_err(io("chown", path))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+fn count_entries(path: &Path) -> u64 {
+    fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => 1 + count_entries(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+impl Share for MountedShare {
+    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<(), BackendError> {
+        let dir = dir.clone();
+        self.blocking(move |root| {
+            let mut at = root.to_path_buf();
+            let last = dir.segments().len() - 1;
+            for (i, seg) in dir.segments().iter().enumerate() {
+                at.push(seg);
+                match lstat(&at)? {
+                    Some(m) => require_dir(&m, &at)?,
+                    None => {
+                        match fs::create_dir(&at) {
+                            Ok(()) => {}
+                            // Raced with another writer: fine if it is a directory.
+                            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                            Err(e) => return Err(io("mkdir", &at)(e)),
+                        }
+                        if let Some(m) = lstat(&at)? {
+                            require_dir(&m, &at)?;
+                        }
+                        if i < last {
+                            set_attrs(&at, PARENT_MODE, None, None)?;
+                        }
+                    }
+                }
+            }
+            set_attrs(&at, attrs.mode, attrs.uid, attrs.gid)
+        })
+        .await
+    }
+
+    async fn remove_tree(&self, dir: &RelPath) -> Result<Removed, BackendError> {
+        let dir = dir.clone();
+        self.blocking(move |root| {
+            let Some(parent) = walk(root, dir.parent_segments())? else {
+                return Ok(Removed::AlreadyGone);
+            };
+            let path = parent.join(dir.leaf());
+            let Some(m) = lstat(&path)? else {
+                return Ok(Removed::AlreadyGone);
+            };
+            if !m.file_type().is_dir() {
+                fs::remove_file(&path).map_err(io("remove", &path))?;
+                return Ok(Removed::Removed { entries: 1 });
+            }
+            let entries = count_entries(&path) + 1;
+            // std's remove_dir_all does not follow symlinks, including ones swapped in
+            // while it runs.
+            match fs::remove_dir_all(&path) {
+                Ok(()) => Ok(Removed::Removed { entries }),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Removed::AlreadyGone),
+                Err(e) => Err(io("remove", &path)(e)),
+            }
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &RelPath, to: &RelPath) -> Result<Renamed, BackendError> {
+        let (from, to) = (from.clone(), to.clone());
+        self.blocking(move |root| {
+            let (Some(fp), Some(tp)) = (walk(root, from.parent_segments())?, walk(root, to.parent_segments())?)
+            else {
+                return Ok(Renamed::SourceMissing);
+            };
+            let (src, dst) = (fp.join(from.leaf()), tp.join(to.leaf()));
+            match (lstat(&src)?, lstat(&dst)?) {
+                (None, Some(_)) => Ok(Renamed::AlreadyDone),
+                (None, None) => Ok(Renamed::SourceMissing),
+                (Some(_), Some(_)) => Err(BackendError::TargetExists { path: to.to_string() }),
+                (Some(_), None) => {
+                    fs::rename(&src, &dst).map_err(io("rename", &src))?;
+                    Ok(Renamed::Renamed)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn stat(&self, path: &RelPath) -> Result<Option<Stat>, BackendError> {
+        let path = path.clone();
+        self.blocking(move |root| {
+            let Some(parent) = walk(root, path.parent_segments())? else {
+                return Ok(None);
+            };
+            Ok(lstat(&parent.join(path.leaf()))?.map(|m| Stat {
+                kind: kind_of(m.file_type()),
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: m.mtime(),
+            }))
+        })
+        .await
+    }
+
+    async fn list(&self, dir: Option<&RelPath>) -> Result<Vec<String>, BackendError> {
+        let dir = dir.cloned();
+        self.blocking(move |root| {
+            let at = match &dir {
+                None => root.to_path_buf(),
+                Some(d) => match walk(root, d.segments())? {
+                    Some(p) => p,
+                    None => return Ok(Vec::new()),
+                },
+            };
+            let rd = fs::read_dir(&at).map_err(io("list", &at))?;
+            Ok(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        })
+        .await
+    }
+
+    async fn space(&self) -> Result<Space, BackendError> {
+        self.blocking(|root| statvfs(root)).await
+    }
+}
+
+/// Free and total space of the filesystem holding `path`.
+fn statvfs(path: &Path) -> Result<Space, BackendError> {
+    let st = rustix::fs::statvfs(path).map_err(|e| io("statvfs", path)(e.into()))?;
+    let block = st.f_frsize;
+    Ok(Space {
+        total_bytes: st.f_blocks * block,
+        free_bytes: st.f_bfree * block,
+        avail_bytes: st.f_bavail * block,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::conformance;
+
+    #[tokio::test]
+    async fn conformance_on_a_local_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = MountedShare::new(dir.path().to_path_buf());
+        conformance::create_is_idempotent_and_applies_attrs(&share).await;
+        conformance::remove_and_rename_are_idempotent(&share).await;
+        conformance::space_is_reported(&share).await;
+        conformance::removal_never_follows_symlinks(&share, dir.path()).await;
+    }
+}

@@ -1,0 +1,130 @@
+//! Command line and environment. Every flag has an environment variable, as Kubernetes
+//! manifests set them; NFS_SERVER and NFS_PATH match nfs-subdir-external-provisioner.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::nfs3::Nfs3Options;
+
+pub const DEFAULT_PROVISIONER: &str = "nfs3-provisioner.io/nfs";
+
+#[derive(Parser, Debug)]
+#[command(name = "nfs3-provisioner", version, about = "Dynamic NFS provisioner for Kubernetes that speaks NFSv3 from user space")]
+pub struct Cli {
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch claims and provision or reclaim their directories.
+    Run(RunArgs),
+    /// Probe a share: create, chmod, rename and remove a directory, and report space.
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Talk NFSv3 to the server directly: no mount needed.
+    Nfs3,
+    /// Work on a share mounted at --mount-root.
+    Mounted,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NfsArgs {
+    /// AUTH_SYS uid the provisioner acts as on NFS servers.
+    #[arg(long, env = "NFS_AUTH_UID", default_value_t = 0)]
+    pub auth_uid: u32,
+    /// AUTH_SYS gid the provisioner acts as on NFS servers.
+    #[arg(long, env = "NFS_AUTH_GID", default_value_t = 0)]
+    pub auth_gid: u32,
+    /// Connect from a source port below 1024, for exports with `secure` (needs NET_BIND_SERVICE).
+    #[arg(long, env = "NFS_PRIVILEGED_PORT", default_value_t = false)]
+    pub privileged_port: bool,
+    /// Deadline for each NFS call, in seconds.
+    #[arg(long, env = "NFS_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub nfs_timeout_seconds: u64,
+    /// NFS connections per share: the bound on concurrent calls to one server.
+    #[arg(long, env = "NFS_CONNECTIONS_PER_SHARE", default_value_t = 8)]
+    pub connections_per_share: usize,
+    /// Portmapper port on NFS servers.
+    #[arg(long, env = "NFS_PORTMAPPER_PORT", default_value_t = 111)]
+    pub portmapper_port: u16,
+}
+
+impl NfsArgs {
+    pub fn options(&self) -> Nfs3Options {
+        Nfs3Options {
+            uid: self.auth_uid,
+            gid: self.auth_gid,
+            privileged_port: self.privileged_port,
+            timeout: Duration::from_secs(self.nfs_timeout_seconds.max(1)),
+            max_connections: self.connections_per_share.max(1),
+            portmapper_port: self.portmapper_port,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The name StorageClasses give as `provisioner:`.
+    #[arg(long, env = "PROVISIONER_NAME", default_value = DEFAULT_PROVISIONER)]
+    pub provisioner_name: String,
+    /// NFS server for classes that name none.
+    #[arg(long, env = "NFS_SERVER")]
+    pub nfs_server: Option<String>,
+    /// Export path for classes that name none.
+    #[arg(long, env = "NFS_PATH")]
+    pub nfs_path: Option<String>,
+    #[arg(long, env = "BACKEND", value_enum, default_value_t = BackendKind::Nfs3)]
+    pub backend: BackendKind,
+    /// Where the share is mounted, for the mounted backend.
+    #[arg(long, env = "MOUNT_ROOT", default_value = "/persistentvolumes")]
+    pub mount_root: PathBuf,
+    #[command(flatten)]
+    pub nfs: NfsArgs,
+    /// Claims and volumes worked on at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 32)]
+    pub concurrency: u16,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Act only while holding a Lease, so replicas can stand by.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "nfs3-provisioner")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This instance's identity in events and the Lease.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Seconds a Lease lasts without renewal; a standby takes over after this.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// NFS server (name or address).
+    #[arg(long, env = "NFS_SERVER")]
+    pub server: String,
+    /// Export path.
+    #[arg(long, env = "NFS_PATH")]
+    pub share: String,
+    #[command(flatten)]
+    pub nfs: NfsArgs,
+}

@@ -1,0 +1,206 @@
+//! Wiring: caches of classes, claims and volumes; one controller that provisions claims
+//! ([`provision`]) and one that reclaims released volumes ([`reclaim`]).
+
+mod provision;
+mod reclaim;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::backend::{BackendError, Shares};
+use crate::params::Defaults;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub provisioner: String,
+    pub defaults: Defaults,
+    pub shares: Shares,
+    pub classes: Store<StorageClass>,
+    pub volumes: Store<PersistentVolume>,
+    /// Consecutive failures per object uid, for exponential backoff that never gives up.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        provisioner: String,
+        defaults: Defaults,
+        shares: Shares,
+        classes: Store<StorageClass>,
+        volumes: Store<PersistentVolume>,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            provisioner,
+            defaults,
+            shares,
+            classes,
+            volumes,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            // The API caps notes at 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    fn succeeded(&self, uid: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// 1 s, 2 s, 4 s ... capped at 5 minutes, per object: a claim keeps being retried,
+    /// and one bad claim does not slow the others.
+    fn backoff(&self, uid: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+}
+
+pub fn backoff_delay(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let uid = obj.meta().uid.clone().unwrap_or_default();
+    let delay = ctx.backoff(&uid);
+    warn!(name = obj.meta().name.as_deref().unwrap_or(""), error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Drops what the controllers never read, so the caches stay small at thousands of objects.
+fn strip<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(ann) = obj.meta_mut().annotations.as_mut() {
+        ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn cached<K>(api: Api<K>) -> (Store<K>, impl Stream<Item = Result<Arc<K>, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .applied_objects()
+        .map(|r| r.map(Arc::new));
+    (reader, stream)
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    ctx_parts: impl FnOnce(Store<StorageClass>, Store<PersistentVolume>) -> Context,
+    concurrency: u16,
+    ready: Arc<crate::http::Readiness>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (classes, class_events) = cached(Api::<StorageClass>::all(client.clone()));
+    let (volumes, volume_events) = cached(Api::<PersistentVolume>::all(client.clone()));
+    let (claims, claim_events) = cached(Api::<PersistentVolumeClaim>::all(client.clone()));
+    let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
+    let config = ControllerConfig::default().concurrency(concurrency);
+
+    // A new or changed class may make waiting claims provisionable: look at all again.
+    let class_changed = class_events.filter_map(|r| async move { r.ok().map(|_| ()) });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let claims_ctl = Controller::for_stream(claim_events, claims.clone())
+        .with_config(config.clone())
+        .reconcile_all_on(class_changed)
+        .graceful_shutdown_on(wait(shutdown_rx.clone()))
+        .run(provision::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let volumes_ctl = Controller::for_stream(volume_events, volumes.clone())
+        .with_config(config)
+        .graceful_shutdown_on(wait(shutdown_rx))
+        .run(reclaim::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let (c1, v1, k1) = (classes.clone(), volumes.clone(), claims.clone());
+    let readiness = tokio::spawn(async move {
+        let (a, b, c) = tokio::join!(c1.wait_until_ready(), v1.wait_until_ready(), k1.wait_until_ready());
+        if a.is_ok() && b.is_ok() && c.is_ok() {
+            info!(classes = c1.state().len(), volumes = v1.state().len(), claims = k1.state().len(), "caches synced");
+            ready.set_synced(true);
+        }
+    });
+    let controllers = async { tokio::join!(claims_ctl, volumes_ctl) };
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = &mut controllers => {}
+        _ = shutdown => {
+            // Stop taking new work and let reconciles under way finish.
+            let _ = shutdown_tx.send(true);
+            controllers.await;
+        }
+    }
+    readiness.abort();
+    info!("controllers stopped");
+}
+
+pub(crate) fn name_of<K: Resource>(obj: &K) -> String {
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or("")),
+        None => obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
+    obj.uid().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let got: Vec<u64> = (1..=12).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

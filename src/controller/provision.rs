@@ -1,0 +1,123 @@
+//! Claim in, directory and PV out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::PostParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::Api;
+use tracing::{debug, info, instrument};
+
+use super::{Context, Error, name_of, uid_of};
+use crate::backend::{DirAttrs, Share, Target};
+use crate::metrics;
+use crate::plan::{self, ClaimDecision};
+
+#[instrument(skip_all, fields(claim = %name_of(pvc.as_ref())))]
+pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let class = plan::class_name(&pvc).and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
+    match plan::decide_claim(&pvc, class.as_deref(), &ctx.provisioner) {
+        ClaimDecision::Skip(why) | ClaimDecision::Wait(why) => {
+            debug!(why, "not provisioning");
+            Ok(Action::await_change())
+        }
+        ClaimDecision::Refuse(err) => {
+            // Only a change to the claim can fix this; its watch event brings it back.
+            ctx.publish(pvc.as_ref(), EventType::Warning, "ProvisioningFailed", err.to_string()).await;
+            metrics::provisioned(Default::default(), false);
+            Ok(Action::await_change())
+        }
+        ClaimDecision::Provision => {
+            let class = class.expect("decide_claim provisions only with a class");
+            provision(&pvc, &class, &ctx).await
+        }
+    }
+}
+
+async fn provision(
+    pvc: &PersistentVolumeClaim,
+    class: &k8s_openapi::api::storage::v1::StorageClass,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let _busy = metrics::in_flight("provision");
+    let pv_name = match plan::volume_name(pvc) {
+        Ok(n) => n,
+        Err(e) => return Err(Error::Refused(e.to_string())),
+    };
+    if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some() {
+        debug!(pv = pv_name, "volume exists; the control plane binds it");
+        return Ok(Action::await_change());
+    }
+    let volume = match plan::plan_volume(pvc, class, &ctx.defaults, &ctx.provisioner) {
+        Ok(v) => v,
+        Err(e) => {
+            // Bad class parameters or a hostile template: nothing is touched. A change to
+            // the claim or the class brings it back.
+            ctx.publish(pvc, EventType::Warning, "ProvisioningFailed", e.to_string()).await;
+            metrics::provisioned(started.elapsed(), false);
+            return Ok(Action::await_change());
+        }
+    };
+    ctx.publish(
+        pvc,
+        EventType::Normal,
+        "Provisioning",
+        format!("External provisioner is provisioning volume for claim \"{}\"", name_of(pvc)),
+    )
+    .await;
+
+    let result = create(pvc, &volume, ctx).await;
+    metrics::provisioned(started.elapsed(), result.is_ok());
+    match result {
+        Ok(()) => {
+            ctx.succeeded(&uid_of(pvc));
+            info!(pv = pv_name, path = volume.full_path(), took = ?started.elapsed(), "provisioned");
+            ctx.publish(
+                pvc,
+                EventType::Normal,
+                "ProvisioningSucceeded",
+                format!(
+                    "Successfully provisioned volume {pv_name} at {}:{}",
+                    volume.params.server,
+                    volume.full_path()
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            ctx.publish(
+                pvc,
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!("failed to provision volume with StorageClass {:?}: {e}; will retry", class.metadata.name.as_deref().unwrap_or("")),
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+async fn create(pvc: &PersistentVolumeClaim, volume: &plan::VolumePlan, ctx: &Context) -> Result<(), Error> {
+    let p = &volume.params;
+    let target = Target { server: p.server.clone(), share: p.share.clone(), port: p.port, mount_port: p.mount_port };
+    let share = ctx.shares.get(&target)?;
+    share
+        .create_dir(&volume.directory, DirAttrs { mode: p.mode, uid: p.uid, gid: p.gid })
+        .await?;
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api.create(&PostParams::default(), &volume.pv).await {
+        Ok(_) => Ok(()),
+        // Same name means same claim uid: an earlier attempt (or a crash before it saw
+        // the answer) already created it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            debug!(claim = name_of(pvc), "volume already exists");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

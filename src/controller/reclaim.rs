@@ -1,0 +1,171 @@
+//! Released volume in, directory deleted, archived or kept, PV and finalizer gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::Api;
+use serde_json::json;
+use tracing::{debug, info, instrument, warn};
+
+use super::{Context, Error, name_of, uid_of};
+use crate::backend::{Removed, Renamed, Share, Target};
+use crate::metrics;
+use crate::params::OnDelete;
+use crate::plan::{self, FINALIZER, PvDecision, Recorded};
+
+#[instrument(skip_all, fields(pv = %name_of(pv.as_ref())))]
+pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match plan::decide_pv(&pv, &ctx.provisioner) {
+        PvDecision::Skip(why) => {
+            debug!(why, "nothing to do");
+            Ok(Action::await_change())
+        }
+        PvDecision::Reclaim => {
+            if claim_still_exists(&pv, &ctx).await? {
+                // The phase says Released but the claim is there: the cache is ahead of
+                // or behind the truth. Never delete on an ambiguous state.
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            reclaim_data(&pv, &ctx).await?;
+            let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            let name = name_of(pv.as_ref());
+            match api.delete(&name, &DeleteParams::default()).await {
+                // Still there (held by finalizers): let go of ours now rather than on
+                // the next event, so the object goes as soon as the others let go.
+                Ok(either) => {
+                    if let Some(deleted) = either.left() {
+                        release_finalizer(&deleted, &ctx).await?;
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.succeeded(&uid_of(pv.as_ref()));
+            Ok(Action::await_change())
+        }
+        PvDecision::ReleaseFinalizer { reclaim_first } => {
+            if reclaim_first {
+                if claim_still_exists(&pv, &ctx).await? {
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+                reclaim_data(&pv, &ctx).await?;
+            }
+            release_finalizer(&pv, &ctx).await?;
+            ctx.succeeded(&uid_of(pv.as_ref()));
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Asks the API server, not the cache: a claim with the recorded uid still there means
+/// the volume is not free, whatever the phase says.
+async fn claim_still_exists(pv: &PersistentVolume, ctx: &Context) -> Result<bool, Error> {
+    let Some(cref) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return Ok(false);
+    };
+    let (Some(ns), Some(name)) = (cref.namespace.as_deref(), cref.name.as_deref()) else {
+        return Ok(false);
+    };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get_opt(name).await? {
+        Some(claim) => {
+            let same = claim.metadata.uid.is_some() && claim.metadata.uid == cref.uid;
+            if same {
+                warn!(claim = format!("{ns}/{name}"), "volume is Released but its claim still exists; waiting");
+            }
+            Ok(same)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Does what the recorded onDelete says. Idempotent: run again after a crash, it finds
+/// the work done and succeeds.
+async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error> {
+    let started = Instant::now();
+    let _busy = metrics::in_flight("delete");
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    let rec = match Recorded::from_pv(pv) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("refusing to reclaim: {e}; the data was left in place");
+            ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", msg.clone()).await;
+            metrics::deleted("refused", started.elapsed(), false);
+            return Err(Error::Refused(msg));
+        }
+    };
+    let action = rec.on_delete.as_str();
+    let result = act(&pv_name, &rec, ctx).await;
+    metrics::deleted(action, started.elapsed(), result.is_ok());
+    match result {
+        Ok(what) => {
+            info!(action, path = plan::join_share(&rec.share, &rec.directory), what, took = ?started.elapsed(), "reclaimed");
+            Ok(())
+        }
+        Err(e) => {
+            ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", format!("{action} of {}: {e}", rec.directory))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static str, Error> {
+    if rec.on_delete == OnDelete::Retain {
+        return Ok("retained");
+    }
+    let full = plan::join_share(&rec.share, &rec.directory);
+    let sharing = plan::sharing_pvs(pv_name, &full, ctx.volumes.state().iter().map(AsRef::as_ref));
+    if !sharing.is_empty() {
+        return Err(Error::Refused(format!(
+            "directory {full} is also used by PersistentVolume(s) {}; leaving it in place",
+            sharing.join(", ")
+        )));
+    }
+    let target = Target {
+        server: rec.server.clone(),
+        share: rec.share.clone(),
+        port: rec.port,
+        mount_port: rec.mount_port,
+    };
+    let share = ctx.shares.get(&target)?;
+    Ok(match rec.on_delete {
+        OnDelete::Delete => match share.remove_tree(&rec.directory).await? {
+            Removed::Removed { .. } => "deleted",
+            Removed::AlreadyGone => "already gone",
+        },
+        OnDelete::Archive => {
+            let to = plan::archive_target(&rec.directory, pv_name)
+                .map_err(|e| Error::Refused(format!("cannot name the archive: {e}")))?;
+            match share.rename(&rec.directory, &to).await? {
+                Renamed::Renamed => "archived",
+                Renamed::AlreadyDone => "already archived",
+                Renamed::SourceMissing => "nothing to archive",
+            }
+        }
+        OnDelete::Retain => "retained",
+    })
+}
+
+/// Removes our finalizer only. The resourceVersion makes it a compare-and-swap, so a
+/// concurrent change to the finalizers is never overwritten: a conflict is retried.
+async fn release_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error> {
+    let current = pv.metadata.finalizers.clone().unwrap_or_default();
+    if !current.iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let kept: Vec<&String> = current.iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({
+        "metadata": { "finalizers": kept, "resourceVersion": pv.metadata.resource_version }
+    });
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api.patch(&name_of(pv), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

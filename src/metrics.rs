@@ -1,0 +1,127 @@
+//! Prometheus metrics. One process-wide set, so the NFS backend can record call latency
+//! without threading a handle through every operation.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct Metrics {
+    registry: Registry,
+    provisions: Family<Labels, Counter>,
+    deletions: Family<Labels, Counter>,
+    provision_seconds: Histogram,
+    delete_seconds: Histogram,
+    nfs_seconds: Family<Labels, Histogram>,
+    in_flight: Family<Labels, Gauge>,
+    leader: Gauge,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("nfs3_provisioner");
+        let provisions = Family::<Labels, Counter>::default();
+        let deletions = Family::<Labels, Counter>::default();
+        let provision_seconds = seconds_histogram();
+        let delete_seconds = seconds_histogram();
+        let nfs_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let in_flight = Family::<Labels, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register("provision", "Volumes provisioned, by result", provisions.clone());
+        registry.register("delete", "Volumes reclaimed, by result and onDelete action", deletions.clone());
+        registry.register("provision_duration_seconds", "Time to provision a volume", provision_seconds.clone());
+        registry.register("delete_duration_seconds", "Time to reclaim a volume", delete_seconds.clone());
+        registry.register("nfs_call_duration_seconds", "NFS call latency, by operation and result", nfs_seconds.clone());
+        registry.register("in_flight", "Operations under way, by kind", in_flight.clone());
+        registry.register("leader", "1 when this instance holds the lease and acts", leader.clone());
+        Self { registry, provisions, deletions, provision_seconds, delete_seconds, nfs_seconds, in_flight, leader }
+    }
+}
+
+fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn result(ok: bool) -> &'static str {
+    if ok { "success" } else { "error" }
+}
+
+pub fn nfs_call(op: &'static str, took: Duration, ok: bool) {
+    get().nfs_seconds.get_or_create(&vec![("op", op), ("result", result(ok))]).observe(took.as_secs_f64());
+}
+
+pub fn provisioned(took: Duration, ok: bool) {
+    let m = get();
+    m.provisions.get_or_create(&vec![("result", result(ok))]).inc();
+    if ok {
+        m.provision_seconds.observe(took.as_secs_f64());
+    }
+}
+
+pub fn deleted(action: &'static str, took: Duration, ok: bool) {
+    let m = get();
+    m.deletions.get_or_create(&vec![("result", result(ok)), ("action", action)]).inc();
+    if ok {
+        m.delete_seconds.observe(took.as_secs_f64());
+    }
+}
+
+pub fn set_leader(is_leader: bool) {
+    get().leader.set(i64::from(is_leader));
+}
+
+/// Counts an operation as in flight until the guard drops.
+pub struct InFlight(&'static str);
+
+pub fn in_flight(kind: &'static str) -> InFlight {
+    get().in_flight.get_or_create(&vec![("kind", kind)]).inc();
+    InFlight(kind)
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        get().in_flight.get_or_create(&vec![("kind", self.0)]).dec();
+    }
+}
+
+pub fn render() -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &get().registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        nfs_call("MKDIR", Duration::from_millis(3), true);
+        provisioned(Duration::from_millis(40), true);
+        deleted("delete", Duration::from_millis(40), false);
+        {
+            let _g = in_flight("provision");
+            assert!(render().contains("nfs3_provisioner_in_flight{kind=\"provision\"} 1"));
+        }
+        let text = render();
+        assert!(text.contains("nfs3_provisioner_provision_total{result=\"success\"} 1"), "{text}");
+        assert!(text.contains("nfs3_provisioner_delete_total{result=\"error\",action=\"delete\"} 1"), "{text}");
+        assert!(text.contains("nfs3_provisioner_nfs_call_duration_seconds_count{op=\"MKDIR\",result=\"success\"} 1"));
+        assert!(text.contains("nfs3_provisioner_in_flight{kind=\"provision\"} 0"));
+        assert!(text.contains("nfs3_provisioner_leader 0"));
+    }
+}

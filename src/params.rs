@@ -1,0 +1,347 @@
+//! StorageClass `parameters`, validated into what provisioning needs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::path::{self, Dialect, PathError, TemplateError};
+
+/// Every key a class may carry; anything else is refused so a typo never silently
+/// changes where data goes or what happens to it on delete.
+pub const KNOWN_KEYS: &[&str] = &[
+    "server",
+    "share",
+    "port",
+    "mountPort",
+    "pathPattern",
+    "subDir",
+    "onDelete",
+    "archiveOnDelete",
+    "mode",
+    "uid",
+    "gid",
+];
+
+/// What happens to a directory when its PV is released with reclaim policy Delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDelete {
+    Delete,
+    Retain,
+    Archive,
+}
+
+impl OnDelete {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDelete::Delete => "delete",
+            OnDelete::Retain => "retain",
+            OnDelete::Archive => "archive",
+        }
+    }
+}
+
+impl fmt::Display for OnDelete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OnDelete {
+    type Err = ParamError;
+    fn from_str(s: &str) -> Result<Self, ParamError> {
+        match s {
+            "delete" => Ok(OnDelete::Delete),
+            "retain" => Ok(OnDelete::Retain),
+            "archive" => Ok(OnDelete::Archive),
+            other => Err(ParamError::Invalid {
+                key: "onDelete",
+                value: other.to_string(),
+                why: "expected one of delete, retain, archive",
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("unknown parameter {0:?} (known: {known})", known = KNOWN_KEYS.join(", "))]
+    Unknown(String),
+    #[error("parameter {key}={value:?} is invalid: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("no NFS server: set parameter \"server\" on the StorageClass or NFS_SERVER on the provisioner")]
+    NoServer,
+    #[error("no NFS share: set parameter \"share\" on the StorageClass or NFS_PATH on the provisioner")]
+    NoShare,
+    #[error("parameter share={0:?} is invalid: {1}")]
+    Share(String, PathError),
+    #[error("parameters pathPattern and subDir are both set; use one")]
+    BothTemplates,
+    #[error("parameter {key} is invalid: {source}")]
+    Template {
+        key: &'static str,
+        source: TemplateError,
+    },
+    #[error("parameters onDelete={on_delete:?} and archiveOnDelete={archive:?} disagree; set only onDelete")]
+    Conflict { on_delete: String, archive: String },
+}
+
+/// Provisioner-wide defaults for classes that name no server or share.
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {
+    pub server: Option<String>,
+    pub share: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassParams {
+    pub server: String,
+    pub share: String,
+    pub port: Option<u16>,
+    pub mount_port: Option<u16>,
+    pub template: Option<(Dialect, String)>,
+    pub on_delete: OnDelete,
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Default directory mode: what nfs-subdir-external-provisioner users expect, so any
+/// pod uid can write.
+pub const DEFAULT_MODE: u32 = 0o777;
+
+impl ClassParams {
+    pub fn parse(params: &BTreeMap<String, String>, defaults: &Defaults) -> Result<Self, ParamError> {
+        if let Some(unknown) = params.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            return Err(ParamError::Unknown(unknown.clone()));
+        }
+        let get = |k: &str| params.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let server = get("server")
+            .map(str::to_string)
+            .or_else(|| defaults.server.clone())
+            .ok_or(ParamError::NoServer)?;
+        validate_server(&server)?;
+        let raw_share = get("share")
+            .map(str::to_string)
+            .or_else(|| defaults.share.clone())
+            .ok_or(ParamError::NoShare)?;
+        let share = path::normalize_share(&raw_share).map_err(|e| ParamError::Share(raw_share.clone(), e))?;
+
+        let port = get("port").map(|v| parse_port("port", v)).transpose()?;
+        let mount_port = get("mountPort").map(|v| parse_port("mountPort", v)).transpose()?;
+
+        let template = match (get("pathPattern"), get("subDir")) {
+            (Some(_), Some(_)) => return Err(ParamError::BothTemplates),
+            (Some(p), None) => Some((Dialect::PathPattern, "pathPattern", p)),
+            (None, Some(s)) => Some((Dialect::SubDir, "subDir", s)),
+            (None, None) => None,
+        };
+        let template = match template {
+            Some((dialect, key, t)) => {
+                path::check_template(t, dialect).map_err(|source| ParamError::Template { key, source })?;
+                Some((dialect, t.to_string()))
+            }
+            None => None,
+        };
+
+        let on_delete = parse_on_delete(get("onDelete"), get("archiveOnDelete"))?;
+        let mode = get("mode").map(parse_mode).transpose()?.unwrap_or(DEFAULT_MODE);
+        let uid = get("uid").map(|v| parse_id("uid", v)).transpose()?;
+        let gid = get("gid").map(|v| parse_id("gid", v)).transpose()?;
+
+        Ok(Self {
+            server,
+            share,
+            port,
+            mount_port,
+            template,
+            on_delete,
+            mode,
+            uid,
+            gid,
+        })
+    }
+}
+
+fn validate_server(server: &str) -> Result<(), ParamError> {
+    let ok = server.len() <= 253
+        && server
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ParamError::Invalid {
+            key: "server",
+            value: server.to_string(),
+            why: "expected a host name or an IP address",
+        })
+    }
+}
+
+fn parse_port(key: &'static str, v: &str) -> Result<u16, ParamError> {
+    v.parse::<u16>().ok().filter(|p| *p != 0).ok_or(ParamError::Invalid {
+        key,
+        value: v.to_string(),
+        why: "expected a port number from 1 to 65535",
+    })
+}
+
+fn parse_id(key: &'static str, v: &str) -> Result<u32, ParamError> {
+    v.parse::<u32>().map_err(|_| ParamError::Invalid {
+        key,
+        value: v.to_string(),
+        why: "expected a numeric id from 0 to 4294967295",
+    })
+}
+
+fn parse_mode(v: &str) -> Result<u32, ParamError> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777 && !digits.is_empty())
+        .ok_or(ParamError::Invalid {
+            key: "mode",
+            value: v.to_string(),
+            why: "expected an octal mode such as \"0777\" or \"0750\"",
+        })
+}
+
+/// `onDelete` wins; the older `archiveOnDelete` is honoured when alone. With neither,
+/// the directory is archived: the incumbent's default, and the one that loses nothing
+/// when a class is moved over from it.
+fn parse_on_delete(on_delete: Option<&str>, archive: Option<&str>) -> Result<OnDelete, ParamError> {
+    let from_archive = archive
+        .map(|a| match a.to_ascii_lowercase().as_str() {
+            "true" => Ok(OnDelete::Archive),
+            "false" => Ok(OnDelete::Delete),
+            _ => Err(ParamError::Invalid {
+                key: "archiveOnDelete",
+                value: a.to_string(),
+                why: "expected \"true\" or \"false\"",
+            }),
+        })
+        .transpose()?;
+    match (on_delete.map(OnDelete::from_str).transpose()?, from_archive) {
+        (Some(o), Some(a)) if o != a => Err(ParamError::Conflict {
+            on_delete: o.to_string(),
+            archive: archive.unwrap_or_default().to_string(),
+        }),
+        (Some(o), _) => Ok(o),
+        (None, Some(a)) => Ok(a),
+        (None, None) => Ok(OnDelete::Archive),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            server: Some("10.0.0.5".into()),
+            share: Some("/exports/k8s/".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_and_are_normalized() {
+        let c = ClassParams::parse(&p(&[]), &defaults()).unwrap();
+        assert_eq!(c.server, "10.0.0.5");
+        assert_eq!(c.share, "/exports/k8s");
+        assert_eq!(c.on_delete, OnDelete::Archive);
+        assert_eq!(c.mode, 0o777);
+        assert_eq!((c.uid, c.gid, c.port, c.mount_port), (None, None, None, None));
+        assert!(c.template.is_none());
+    }
+
+    #[test]
+    fn every_parameter_is_read() {
+        let c = ClassParams::parse(
+            &p(&[
+                ("server", "nfs.example.internal"),
+                ("share", "/srv/a"),
+                ("port", "2049"),
+                ("mountPort", "20048"),
+                ("pathPattern", "${.PVC.namespace}/${.PVC.name}"),
+                ("onDelete", "retain"),
+                ("mode", "0750"),
+                ("uid", "1000"),
+                ("gid", "2000"),
+            ]),
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(c.server, "nfs.example.internal");
+        assert_eq!(c.share, "/srv/a");
+        assert_eq!((c.port, c.mount_port), (Some(2049), Some(20048)));
+        assert_eq!(c.template, Some((Dialect::PathPattern, "${.PVC.namespace}/${.PVC.name}".into())));
+        assert_eq!(c.on_delete, OnDelete::Retain);
+        assert_eq!((c.mode, c.uid, c.gid), (0o750, Some(1000), Some(2000)));
+    }
+
+    #[test]
+    fn on_delete_table() {
+        let cases: &[(&[(&str, &str)], Result<OnDelete, ()>)] = &[
+            (&[("onDelete", "delete")], Ok(OnDelete::Delete)),
+            (&[("onDelete", "archive")], Ok(OnDelete::Archive)),
+            (&[("archiveOnDelete", "false")], Ok(OnDelete::Delete)),
+            (&[("archiveOnDelete", "true")], Ok(OnDelete::Archive)),
+            (&[("archiveOnDelete", "True")], Ok(OnDelete::Archive)),
+            (&[("onDelete", "delete"), ("archiveOnDelete", "false")], Ok(OnDelete::Delete)),
+            (&[("onDelete", "delete"), ("archiveOnDelete", "true")], Err(())),
+            (&[("onDelete", "remove")], Err(())),
+            (&[("archiveOnDelete", "yes")], Err(())),
+        ];
+        for (params, want) in cases {
+            let got = ClassParams::parse(&p(params), &defaults()).map(|c| c.on_delete).map_err(|_| ());
+            assert_eq!(got, *want, "{params:?}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_key_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("sever", "x")], "unknown parameter \"sever\""),
+            (&[("mode", "999")], "mode"),
+            (&[("mode", "07777777")], "mode"),
+            (&[("mode", "")], ""), // empty means unset: accepted
+            (&[("uid", "-1")], "uid"),
+            (&[("gid", "abc")], "gid"),
+            (&[("port", "0")], "port"),
+            (&[("mountPort", "70000")], "mountPort"),
+            (&[("share", "relative/path")], "share"),
+            (&[("share", "/srv/../etc")], "share"),
+            (&[("server", "bad host;rm")], "server"),
+            (&[("pathPattern", "${.PVC.bogus}")], "pathPattern"),
+            (&[("subDir", "${.PVC.name}")], "subDir"),
+            (&[("pathPattern", "a"), ("subDir", "b")], "both set"),
+        ];
+        for (params, needle) in cases {
+            let got = ClassParams::parse(&p(params), &defaults());
+            if needle.is_empty() {
+                assert!(got.is_ok(), "{params:?}: {got:?}");
+            } else {
+                let msg = got.expect_err(&format!("{params:?} must fail")).to_string();
+                assert!(msg.contains(needle), "{params:?}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_server_or_share_is_explained() {
+        let none = Defaults::default();
+        assert_eq!(ClassParams::parse(&p(&[("share", "/a")]), &none), Err(ParamError::NoServer));
+        assert_eq!(ClassParams::parse(&p(&[("server", "h")]), &none), Err(ParamError::NoShare));
+    }
+}

@@ -1,0 +1,385 @@
+//! Directory paths inside a share, and the templates that name them.
+//!
+//! Everything that reaches the NFS server as a path goes through [`RelPath`], whose only
+//! constructor refuses anything that could leave the share or name its root.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use thiserror::Error;
+
+/// Longest single name NFS servers accept (NAME_MAX on Linux exports).
+const MAX_SEGMENT: usize = 255;
+/// Longest relative path we will create; generous but bounded.
+const MAX_PATH: usize = 1024;
+/// Deepest nesting a template may produce.
+const MAX_DEPTH: usize = 16;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("the directory path is empty, which would name the share root itself")]
+    Empty,
+    #[error("the directory path {0:?} is absolute; it must be relative to the share")]
+    Absolute(String),
+    #[error("the directory path {0:?} has an empty segment (\"//\" or a trailing \"/\")")]
+    EmptySegment(String),
+    #[error("the directory path {0:?} has a \".\" or \"..\" segment, which could leave the share")]
+    DotSegment(String),
+    #[error("the directory path contains a NUL or control character")]
+    ControlChar,
+    #[error("the directory name {0:?}... is longer than {MAX_SEGMENT} bytes")]
+    SegmentTooLong(String),
+    #[error("the directory path is longer than {MAX_PATH} bytes")]
+    TooLong,
+    #[error("the directory path is nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// A validated path relative to a share root: at least one segment, none of them
+/// empty, `.`, `..`, or containing NUL/control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(Vec<String>);
+
+impl RelPath {
+    pub fn parse(raw: &str) -> Result<Self, PathError> {
+        if raw.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if raw.starts_with('/') {
+            return Err(PathError::Absolute(raw.to_string()));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(PathError::ControlChar);
+        }
+        if raw.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        let mut segments = Vec::new();
+        for seg in raw.split('/') {
+            if seg.is_empty() {
+                return Err(PathError::EmptySegment(raw.to_string()));
+            }
+            if seg == "." || seg == ".." {
+                return Err(PathError::DotSegment(raw.to_string()));
+            }
+            if seg.len() > MAX_SEGMENT {
+                let head: String = seg.chars().take(32).collect();
+                return Err(PathError::SegmentTooLong(head));
+            }
+            segments.push(seg.to_string());
+        }
+        if segments.len() > MAX_DEPTH {
+            return Err(PathError::TooDeep);
+        }
+        Ok(Self(segments))
+    }
+
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The last segment: the directory that is created, removed or archived.
+    pub fn leaf(&self) -> &str {
+        // parse() guarantees at least one segment.
+        self.0.last().map(String::as_str).unwrap_or_default()
+    }
+
+    /// The segments above the leaf (empty when the leaf sits in the share root).
+    pub fn parent_segments(&self) -> &[String] {
+        &self.0[..self.0.len() - 1]
+    }
+
+    /// The same parent with another leaf name.
+    pub fn with_leaf(&self, leaf: &str) -> Result<Self, PathError> {
+        let mut parts: Vec<&str> = self.parent_segments().iter().map(String::as_str).collect();
+        parts.push(leaf);
+        Self::parse(&parts.join("/"))
+    }
+
+    /// Whether `self` is `other` or lies below it.
+    pub fn is_within(&self, other: &RelPath) -> bool {
+        self.0.len() >= other.0.len() && self.0[..other.0.len()] == other.0[..]
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
+
+/// Normalises an export path (`/srv/nfs/`, `/srv//nfs`) so the same share is always
+/// spelled the same way in PVs and in the connection pool.
+pub fn normalize_share(share: &str) -> Result<String, PathError> {
+    if !share.starts_with('/') {
+        return Err(PathError::Absolute(share.to_string()));
+    }
+    if share.chars().any(char::is_control) {
+        return Err(PathError::ControlChar);
+    }
+    let parts: Vec<&str> = share.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(PathError::DotSegment(share.to_string()));
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// What a template may refer to.
+pub struct TemplateVars<'a> {
+    pub namespace: &'a str,
+    pub pvc_name: &'a str,
+    pub pv_name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("unterminated \"${{\" in {0:?}")]
+    Unterminated(String),
+    #[error("unknown variable ${{{var}}} in {template:?}; known: {known}")]
+    UnknownVariable {
+        var: String,
+        template: String,
+        known: &'static str,
+    },
+    #[error("the claim has no label {0:?}, which the path template uses")]
+    MissingLabel(String),
+    #[error("the claim has no annotation {0:?}, which the path template uses")]
+    MissingAnnotation(String),
+}
+
+/// Which of the two template dialects a class uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// nfs-subdir-external-provisioner's `pathPattern`: `${.PVC.namespace}` and friends.
+    PathPattern,
+    /// csi-driver-nfs's `subDir`: `${pvc.metadata.name}` and friends.
+    SubDir,
+}
+
+impl Dialect {
+    fn known(self) -> &'static str {
+        match self {
+            Dialect::PathPattern => {
+                ".PVC.namespace, .PVC.name, .PVC.labels.KEY, .PVC.annotations.KEY, .PV.name"
+            }
+            Dialect::SubDir => "pvc.metadata.name, pvc.metadata.namespace, pv.metadata.name",
+        }
+    }
+
+    fn lookup(self, var: &str, vars: &TemplateVars<'_>) -> Option<Result<String, TemplateError>> {
+        let found = match self {
+            Dialect::PathPattern => match var {
+                ".PVC.namespace" => vars.namespace.to_string(),
+                ".PVC.name" => vars.pvc_name.to_string(),
+                ".PV.name" => vars.pv_name.to_string(),
+                _ => {
+                    if let Some(key) = var.strip_prefix(".PVC.labels.") {
+                        return Some(
+                            vars.labels
+                                .get(key)
+                                .cloned()
+                                .ok_or_else(|| TemplateError::MissingLabel(key.to_string())),
+                        );
+                    }
+                    if let Some(key) = var.strip_prefix(".PVC.annotations.") {
+                        return Some(
+                            vars.annotations
+                                .get(key)
+                                .cloned()
+                                .ok_or_else(|| TemplateError::MissingAnnotation(key.to_string())),
+                        );
+                    }
+                    return None;
+                }
+            },
+            Dialect::SubDir => match var {
+                "pvc.metadata.namespace" => vars.namespace.to_string(),
+                "pvc.metadata.name" => vars.pvc_name.to_string(),
+                "pv.metadata.name" => vars.pv_name.to_string(),
+                _ => return None,
+            },
+        };
+        Some(Ok(found))
+    }
+}
+
+/// Substitutes `${...}` variables; literal text is kept as is. The result is not yet a
+/// safe path: callers pass it to [`RelPath::parse`].
+pub fn render(template: &str, dialect: Dialect, vars: &TemplateVars<'_>) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| TemplateError::Unterminated(template.to_string()))?;
+        let var = after[..end].trim();
+        match dialect.lookup(var, vars) {
+            Some(value) => out.push_str(&value?),
+            None => {
+                return Err(TemplateError::UnknownVariable {
+                    var: var.to_string(),
+                    template: template.to_string(),
+                    known: dialect.known(),
+                });
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks a template's syntax and variable names without a claim, so a bad class is
+/// reported as soon as it is used.
+pub fn check_template(template: &str, dialect: Dialect) -> Result<(), TemplateError> {
+    let empty = BTreeMap::new();
+    let vars = TemplateVars {
+        namespace: "ns",
+        pvc_name: "claim",
+        pv_name: "pv",
+        labels: &empty,
+        annotations: &empty,
+    };
+    match render(template, dialect, &vars) {
+        Ok(_) | Err(TemplateError::MissingLabel(_)) | Err(TemplateError::MissingAnnotation(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(labels: &'a BTreeMap<String, String>, ann: &'a BTreeMap<String, String>) -> TemplateVars<'a> {
+        TemplateVars {
+            namespace: "team-a",
+            pvc_name: "data",
+            pv_name: "pvc-1234",
+            labels,
+            annotations: ann,
+        }
+    }
+
+    #[test]
+    fn relpath_accepts_plain_and_nested() {
+        let p = RelPath::parse("team-a/data").unwrap();
+        assert_eq!(p.segments(), ["team-a", "data"]);
+        assert_eq!(p.leaf(), "data");
+        assert_eq!(p.parent_segments(), ["team-a"]);
+        assert_eq!(p.to_string(), "team-a/data");
+        assert_eq!(p.with_leaf("archived-data").unwrap().to_string(), "team-a/archived-data");
+    }
+
+    #[test]
+    fn relpath_refuses_everything_that_could_escape_or_name_the_root() {
+        let long = "x".repeat(256);
+        let deep = vec!["a"; 17].join("/");
+        let cases: &[(&str, PathError)] = &[
+            ("", PathError::Empty),
+            ("/etc", PathError::Absolute("/etc".into())),
+            ("..", PathError::DotSegment("..".into())),
+            ("a/../../etc", PathError::DotSegment("a/../../etc".into())),
+            ("./a", PathError::DotSegment("./a".into())),
+            ("a//b", PathError::EmptySegment("a//b".into())),
+            ("a/", PathError::EmptySegment("a/".into())),
+            ("a\0b", PathError::ControlChar),
+            ("a\nb", PathError::ControlChar),
+            (&deep, PathError::TooDeep),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(RelPath::parse(raw).unwrap_err(), *want, "input {raw:?}");
+        }
+        assert!(matches!(RelPath::parse(&long), Err(PathError::SegmentTooLong(_))));
+        assert_eq!(RelPath::parse(&"ab/".repeat(600)).unwrap_err(), PathError::TooLong);
+    }
+
+    #[test]
+    fn is_within_compares_whole_segments() {
+        let a = RelPath::parse("a/b").unwrap();
+        assert!(RelPath::parse("a/b/c").unwrap().is_within(&a));
+        assert!(a.is_within(&a));
+        assert!(!RelPath::parse("a/bc").unwrap().is_within(&a));
+        assert!(!RelPath::parse("a").unwrap().is_within(&a));
+    }
+
+    #[test]
+    fn share_is_normalized() {
+        assert_eq!(normalize_share("/srv//nfs/").unwrap(), "/srv/nfs");
+        assert_eq!(normalize_share("/").unwrap(), "/");
+        assert!(normalize_share("srv").is_err());
+        assert!(normalize_share("/srv/../etc").is_err());
+    }
+
+    #[test]
+    fn path_pattern_variables() {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let ann = BTreeMap::from([("nfs.io/storage-path".to_string(), "shared/web".to_string())]);
+        let v = vars(&labels, &ann);
+        let cases = [
+            ("${.PVC.namespace}/${.PVC.name}", "team-a/data"),
+            ("${.PVC.labels.app}-${.PV.name}", "web-pvc-1234"),
+            ("${.PVC.annotations.nfs.io/storage-path}", "shared/web"),
+            ("static", "static"),
+            ("${ .PVC.name }", "data"),
+        ];
+        for (t, want) in cases {
+            assert_eq!(render(t, Dialect::PathPattern, &v).unwrap(), want, "template {t}");
+        }
+    }
+
+    #[test]
+    fn subdir_variables() {
+        let e = BTreeMap::new();
+        let v = vars(&e, &e);
+        let got = render(
+            "${pvc.metadata.namespace}/${pvc.metadata.name}/${pv.metadata.name}",
+            Dialect::SubDir,
+            &v,
+        )
+        .unwrap();
+        assert_eq!(got, "team-a/data/pvc-1234");
+    }
+
+    #[test]
+    fn template_errors_are_precise() {
+        let e = BTreeMap::new();
+        let v = vars(&e, &e);
+        assert!(matches!(
+            render("${.PVC.nope}", Dialect::PathPattern, &v),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
+        assert!(matches!(
+            render("${pvc.metadata.name}", Dialect::PathPattern, &v),
+            Err(TemplateError::UnknownVariable { .. })
+        ));
+        assert_eq!(
+            render("${.PVC.labels.app}", Dialect::PathPattern, &v),
+            Err(TemplateError::MissingLabel("app".into()))
+        );
+        assert_eq!(
+            render("${.PVC.annotations.x}", Dialect::PathPattern, &v),
+            Err(TemplateError::MissingAnnotation("x".into()))
+        );
+        assert!(matches!(
+            render("${.PVC.name", Dialect::PathPattern, &v),
+            Err(TemplateError::Unterminated(_))
+        ));
+        assert!(check_template("${.PVC.labels.app}", Dialect::PathPattern).is_ok());
+        assert!(check_template("${.PVC.bogus}", Dialect::PathPattern).is_err());
+    }
+
+    #[test]
+    fn hostile_annotation_values_render_but_never_parse() {
+        let e = BTreeMap::new();
+        for hostile in ["../../etc", "/etc/passwd", "a/../..", "a\0b", "", ".", "x/"] {
+            let ann = BTreeMap::from([("p".to_string(), hostile.to_string())]);
+            let v = vars(&e, &ann);
+            let rendered = render("${.PVC.annotations.p}", Dialect::PathPattern, &v).unwrap();
+            assert!(RelPath::parse(&rendered).is_err(), "{hostile:?} must be refused");
+        }
+    }
+}
