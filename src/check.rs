@@ -11,11 +11,23 @@ use crate::run::BoxError;
 
 pub async fn check(args: CheckArgs) -> Result<ExitCode, BoxError> {
     let share = normalize_share(&args.share).map_err(|e| format!("share {:?}: {e}", args.share))?;
-    let target = Target { server: args.server.clone(), share, port: None, mount_port: None };
+    let target = Target {
+        server: args.server.clone(),
+        share,
+        port: None,
+        mount_port: None,
+    };
     let nfs = Nfs3Share::new(target.clone(), args.nfs.options());
-    println!("checking {target} over NFSv3 (uid {}, gid {})", args.nfs.auth_uid, args.nfs.auth_gid);
+    println!(
+        "checking {target} over NFSv3 (uid {}, gid {})",
+        args.nfs.auth_uid, args.nfs.auth_gid
+    );
     let ok = probe(&nfs).await;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn report<T>(what: &str, r: &Result<T, BackendError>) -> bool {
@@ -40,6 +52,10 @@ pub async fn probe<S: Share>(share: &S) -> bool {
             human(s.avail_bytes)
         );
     }
+    let listed = share.list(None).await;
+    if !report("list the share root (READDIRPLUS)", &listed) {
+        return false;
+    }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (Ok(dir), Ok(renamed)) = (
         RelPath::parse(&format!(".nfs3-provisioner-check-{id}")),
@@ -49,18 +65,40 @@ pub async fn probe<S: Share>(share: &S) -> bool {
     };
     let mut ok = report(
         "create a directory",
-        &share.create_dir(&dir, DirAttrs { mode: 0o700, uid: None, gid: None }).await,
+        &share
+            .create_dir(
+                &dir,
+                DirAttrs {
+                    mode: 0o700,
+                    uid: None,
+                    gid: None,
+                },
+            )
+            .await,
     );
     if ok {
         ok &= report(
             "chmod and chown it",
-            &share.create_dir(&dir, DirAttrs { mode: 0o777, uid: Some(65534), gid: Some(65534) }).await,
+            &share
+                .create_dir(
+                    &dir,
+                    DirAttrs {
+                        mode: 0o777,
+                        uid: Some(65534),
+                        gid: Some(65534),
+                    },
+                )
+                .await,
         );
         let st = share.stat(&dir).await;
         if let Ok(Some(st)) = &st
             && (st.uid != 65534 || st.mode & 0o777 != 0o777)
         {
-            println!("  FAIL  attributes did not stick (uid {}, mode {:o}): is root squashed?", st.uid, st.mode & 0o7777);
+            println!(
+                "  FAIL  attributes did not stick (uid {}, mode {:o}): is root squashed?",
+                st.uid,
+                st.mode & 0o7777
+            );
             ok = false;
         }
         ok &= report("rename it (archive)", &share.rename(&dir, &renamed).await);
@@ -68,7 +106,14 @@ pub async fn probe<S: Share>(share: &S) -> bool {
         // Whatever failed above, leave nothing behind.
         let _ = share.remove_tree(&dir).await;
     }
-    println!("{}", if ok { "all checks passed" } else { "some checks failed" });
+    println!(
+        "{}",
+        if ok {
+            "all checks passed"
+        } else {
+            "some checks failed"
+        }
+    );
     ok
 }
 

@@ -12,7 +12,11 @@ use crate::backend::nfs3::Nfs3Options;
 pub const DEFAULT_PROVISIONER: &str = "nfs3-provisioner.io/nfs";
 
 #[derive(Parser, Debug)]
-#[command(name = "nfs3-provisioner", version, about = "Dynamic NFS provisioner for Kubernetes that speaks NFSv3 from user space")]
+#[command(
+    name = "nfs3-provisioner",
+    version,
+    about = "Dynamic NFS provisioner for Kubernetes that speaks NFSv3 from user space"
+)]
 pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -41,7 +41,8 @@ impl Readiness {
 
     fn report(&self) -> (bool, String) {
         let synced = self.synced.load(Ordering::Relaxed);
-        let share = self.share_checked.load(Ordering::Relaxed) && self.share_ok.load(Ordering::Relaxed);
+        let share =
+            self.share_checked.load(Ordering::Relaxed) && self.share_ok.load(Ordering::Relaxed);
         let text = format!(
             "caches: {}\ndefault share: {}\n",
             if synced { "synced" } else { "not synced" },
@@ -60,7 +61,10 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     resp
 }
 
-async fn route(req: Request<Incoming>, ready: Arc<Readiness>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    req: Request<Incoming>,
+    ready: Arc<Readiness>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
@@ -70,7 +74,11 @@ async fn route(req: Request<Incoming>, ready: Arc<Readiness>) -> Result<Response
         "/healthz" | "/livez" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let (ok, text) = ready.report();
-            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             reply(status, "text/plain", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -91,7 +99,10 @@ pub async fn serve(addr: SocketAddr, ready: Arc<Readiness>) -> std::io::Result<(
         let ready = ready.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| route(req, ready.clone()));
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 warn!(error = %e, "http connection failed");
             }
         });

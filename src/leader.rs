@@ -13,7 +13,10 @@ pub struct Lease {
 }
 
 /// Starts competing for the Lease; the receiver says whether we hold it now.
-pub async fn elect(client: Client, lease: &Lease) -> Result<watch::Receiver<bool>, LeaseManagerError> {
+pub async fn elect(
+    client: Client,
+    lease: &Lease,
+) -> Result<watch::Receiver<bool>, LeaseManagerError> {
     let duration = lease.duration_seconds.max(2);
     // Renew a third of the way before expiry, so a slow API call does not lose the lease.
     let grace = (duration / 3).max(1);

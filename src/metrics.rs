@@ -36,17 +36,56 @@ impl Metrics {
         let deletions = Family::<Labels, Counter>::default();
         let provision_seconds = seconds_histogram();
         let delete_seconds = seconds_histogram();
-        let nfs_seconds = Family::<Labels, Histogram>::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let nfs_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
         let in_flight = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
-        registry.register("provision", "Volumes provisioned, by result", provisions.clone());
-        registry.register("delete", "Volumes reclaimed, by result and onDelete action", deletions.clone());
-        registry.register("provision_duration_seconds", "Time to provision a volume", provision_seconds.clone());
-        registry.register("delete_duration_seconds", "Time to reclaim a volume", delete_seconds.clone());
-        registry.register("nfs_call_duration_seconds", "NFS call latency, by operation and result", nfs_seconds.clone());
-        registry.register("in_flight", "Operations under way, by kind", in_flight.clone());
-        registry.register("leader", "1 when this instance holds the lease and acts", leader.clone());
-        Self { registry, provisions, deletions, provision_seconds, delete_seconds, nfs_seconds, in_flight, leader }
+        registry.register(
+            "provision",
+            "Volumes provisioned, by result",
+            provisions.clone(),
+        );
+        registry.register(
+            "delete",
+            "Volumes reclaimed, by result and onDelete action",
+            deletions.clone(),
+        );
+        registry.register(
+            "provision_duration_seconds",
+            "Time to provision a volume",
+            provision_seconds.clone(),
+        );
+        registry.register(
+            "delete_duration_seconds",
+            "Time to reclaim a volume",
+            delete_seconds.clone(),
+        );
+        registry.register(
+            "nfs_call_duration_seconds",
+            "NFS call latency, by operation and result",
+            nfs_seconds.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Operations under way, by kind",
+            in_flight.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this instance holds the lease and acts",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            provisions,
+            deletions,
+            provision_seconds,
+            delete_seconds,
+            nfs_seconds,
+            in_flight,
+            leader,
+        }
     }
 }
 
@@ -60,12 +99,17 @@ fn result(ok: bool) -> &'static str {
 }
 
 pub fn nfs_call(op: &'static str, took: Duration, ok: bool) {
-    get().nfs_seconds.get_or_create(&vec![("op", op), ("result", result(ok))]).observe(took.as_secs_f64());
+    get()
+        .nfs_seconds
+        .get_or_create(&vec![("op", op), ("result", result(ok))])
+        .observe(took.as_secs_f64());
 }
 
 pub fn provisioned(took: Duration, ok: bool) {
     let m = get();
-    m.provisions.get_or_create(&vec![("result", result(ok))]).inc();
+    m.provisions
+        .get_or_create(&vec![("result", result(ok))])
+        .inc();
     if ok {
         m.provision_seconds.observe(took.as_secs_f64());
     }
@@ -73,7 +117,9 @@ pub fn provisioned(took: Duration, ok: bool) {
 
 pub fn deleted(action: &'static str, took: Duration, ok: bool) {
     let m = get();
-    m.deletions.get_or_create(&vec![("result", result(ok)), ("action", action)]).inc();
+    m.deletions
+        .get_or_create(&vec![("result", result(ok)), ("action", action)])
+        .inc();
     if ok {
         m.delete_seconds.observe(took.as_secs_f64());
     }
@@ -118,9 +164,17 @@ mod tests {
             assert!(render().contains("nfs3_provisioner_in_flight{kind=\"provision\"} 1"));
         }
         let text = render();
-        assert!(text.contains("nfs3_provisioner_provision_total{result=\"success\"} 1"), "{text}");
-        assert!(text.contains("nfs3_provisioner_delete_total{result=\"error\",action=\"delete\"} 1"), "{text}");
-        assert!(text.contains("nfs3_provisioner_nfs_call_duration_seconds_count{op=\"MKDIR\",result=\"success\"} 1"));
+        assert!(
+            text.contains("nfs3_provisioner_provision_total{result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nfs3_provisioner_delete_total{result=\"error\",action=\"delete\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "nfs3_provisioner_nfs_call_duration_seconds_count{op=\"MKDIR\",result=\"success\"} 1"
+        ));
         assert!(text.contains("nfs3_provisioner_in_flight{kind=\"provision\"} 0"));
         assert!(text.contains("nfs3_provisioner_leader 0"));
     }

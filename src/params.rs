@@ -74,9 +74,13 @@ pub enum ParamError {
         value: String,
         why: &'static str,
     },
-    #[error("no NFS server: set parameter \"server\" on the StorageClass or NFS_SERVER on the provisioner")]
+    #[error(
+        "no NFS server: set parameter \"server\" on the StorageClass or NFS_SERVER on the provisioner"
+    )]
     NoServer,
-    #[error("no NFS share: set parameter \"share\" on the StorageClass or NFS_PATH on the provisioner")]
+    #[error(
+        "no NFS share: set parameter \"share\" on the StorageClass or NFS_PATH on the provisioner"
+    )]
     NoShare,
     #[error("parameter share={0:?} is invalid: {1}")]
     Share(String, PathError),
@@ -87,7 +91,9 @@ pub enum ParamError {
         key: &'static str,
         source: TemplateError,
     },
-    #[error("parameters onDelete={on_delete:?} and archiveOnDelete={archive:?} disagree; set only onDelete")]
+    #[error(
+        "parameters onDelete={on_delete:?} and archiveOnDelete={archive:?} disagree; set only onDelete"
+    )]
     Conflict { on_delete: String, archive: String },
 }
 
@@ -116,7 +122,10 @@ pub struct ClassParams {
 pub const DEFAULT_MODE: u32 = 0o777;
 
 impl ClassParams {
-    pub fn parse(params: &BTreeMap<String, String>, defaults: &Defaults) -> Result<Self, ParamError> {
+    pub fn parse(
+        params: &BTreeMap<String, String>,
+        defaults: &Defaults,
+    ) -> Result<Self, ParamError> {
         if let Some(unknown) = params.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
             return Err(ParamError::Unknown(unknown.clone()));
         }
@@ -131,10 +140,13 @@ impl ClassParams {
             .map(str::to_string)
             .or_else(|| defaults.share.clone())
             .ok_or(ParamError::NoShare)?;
-        let share = path::normalize_share(&raw_share).map_err(|e| ParamError::Share(raw_share.clone(), e))?;
+        let share = path::normalize_share(&raw_share)
+            .map_err(|e| ParamError::Share(raw_share.clone(), e))?;
 
         let port = get("port").map(|v| parse_port("port", v)).transpose()?;
-        let mount_port = get("mountPort").map(|v| parse_port("mountPort", v)).transpose()?;
+        let mount_port = get("mountPort")
+            .map(|v| parse_port("mountPort", v))
+            .transpose()?;
 
         let template = match (get("pathPattern"), get("subDir")) {
             (Some(_), Some(_)) => return Err(ParamError::BothTemplates),
@@ -144,14 +156,18 @@ impl ClassParams {
         };
         let template = match template {
             Some((dialect, key, t)) => {
-                path::check_template(t, dialect).map_err(|source| ParamError::Template { key, source })?;
+                path::check_template(t, dialect)
+                    .map_err(|source| ParamError::Template { key, source })?;
                 Some((dialect, t.to_string()))
             }
             None => None,
         };
 
         let on_delete = parse_on_delete(get("onDelete"), get("archiveOnDelete"))?;
-        let mode = get("mode").map(parse_mode).transpose()?.unwrap_or(DEFAULT_MODE);
+        let mode = get("mode")
+            .map(parse_mode)
+            .transpose()?
+            .unwrap_or(DEFAULT_MODE);
         let uid = get("uid").map(|v| parse_id("uid", v)).transpose()?;
         let gid = get("gid").map(|v| parse_id("gid", v)).transpose()?;
 
@@ -186,11 +202,14 @@ fn validate_server(server: &str) -> Result<(), ParamError> {
 }
 
 fn parse_port(key: &'static str, v: &str) -> Result<u16, ParamError> {
-    v.parse::<u16>().ok().filter(|p| *p != 0).ok_or(ParamError::Invalid {
-        key,
-        value: v.to_string(),
-        why: "expected a port number from 1 to 65535",
-    })
+    v.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(ParamError::Invalid {
+            key,
+            value: v.to_string(),
+            why: "expected a port number from 1 to 65535",
+        })
 }
 
 fn parse_id(key: &'static str, v: &str) -> Result<u32, ParamError> {
@@ -244,7 +263,10 @@ mod tests {
     use super::*;
 
     fn p(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn defaults() -> Defaults {
@@ -261,7 +283,10 @@ mod tests {
         assert_eq!(c.share, "/exports/k8s");
         assert_eq!(c.on_delete, OnDelete::Archive);
         assert_eq!(c.mode, 0o777);
-        assert_eq!((c.uid, c.gid, c.port, c.mount_port), (None, None, None, None));
+        assert_eq!(
+            (c.uid, c.gid, c.port, c.mount_port),
+            (None, None, None, None)
+        );
         assert!(c.template.is_none());
     }
 
@@ -285,26 +310,41 @@ mod tests {
         assert_eq!(c.server, "nfs.example.internal");
         assert_eq!(c.share, "/srv/a");
         assert_eq!((c.port, c.mount_port), (Some(2049), Some(20048)));
-        assert_eq!(c.template, Some((Dialect::PathPattern, "${.PVC.namespace}/${.PVC.name}".into())));
+        assert_eq!(
+            c.template,
+            Some((
+                Dialect::PathPattern,
+                "${.PVC.namespace}/${.PVC.name}".into()
+            ))
+        );
         assert_eq!(c.on_delete, OnDelete::Retain);
         assert_eq!((c.mode, c.uid, c.gid), (0o750, Some(1000), Some(2000)));
     }
 
     #[test]
     fn on_delete_table() {
-        let cases: &[(&[(&str, &str)], Result<OnDelete, ()>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<OnDelete, ()>);
+        let cases: &[Case] = &[
             (&[("onDelete", "delete")], Ok(OnDelete::Delete)),
             (&[("onDelete", "archive")], Ok(OnDelete::Archive)),
             (&[("archiveOnDelete", "false")], Ok(OnDelete::Delete)),
             (&[("archiveOnDelete", "true")], Ok(OnDelete::Archive)),
             (&[("archiveOnDelete", "True")], Ok(OnDelete::Archive)),
-            (&[("onDelete", "delete"), ("archiveOnDelete", "false")], Ok(OnDelete::Delete)),
-            (&[("onDelete", "delete"), ("archiveOnDelete", "true")], Err(())),
+            (
+                &[("onDelete", "delete"), ("archiveOnDelete", "false")],
+                Ok(OnDelete::Delete),
+            ),
+            (
+                &[("onDelete", "delete"), ("archiveOnDelete", "true")],
+                Err(()),
+            ),
             (&[("onDelete", "remove")], Err(())),
             (&[("archiveOnDelete", "yes")], Err(())),
         ];
         for (params, want) in cases {
-            let got = ClassParams::parse(&p(params), &defaults()).map(|c| c.on_delete).map_err(|_| ());
+            let got = ClassParams::parse(&p(params), &defaults())
+                .map(|c| c.on_delete)
+                .map_err(|_| ());
             assert_eq!(got, *want, "{params:?}");
         }
     }
@@ -341,7 +381,13 @@ mod tests {
     #[test]
     fn missing_server_or_share_is_explained() {
         let none = Defaults::default();
-        assert_eq!(ClassParams::parse(&p(&[("share", "/a")]), &none), Err(ParamError::NoServer));
-        assert_eq!(ClassParams::parse(&p(&[("server", "h")]), &none), Err(ParamError::NoShare));
+        assert_eq!(
+            ClassParams::parse(&p(&[("share", "/a")]), &none),
+            Err(ParamError::NoServer)
+        );
+        assert_eq!(
+            ClassParams::parse(&p(&[("server", "h")]), &none),
+            Err(ParamError::NoShare)
+        );
     }
 }

@@ -95,11 +95,6 @@ impl RelPath {
         parts.push(leaf);
         Self::parse(&parts.join("/"))
     }
-
-    /// Whether `self` is `other` or lies below it.
-    pub fn is_within(&self, other: &RelPath) -> bool {
-        self.0.len() >= other.0.len() && self.0[..other.0.len()] == other.0[..]
-    }
 }
 
 impl fmt::Display for RelPath {
@@ -169,45 +164,48 @@ impl Dialect {
     }
 
     fn lookup(self, var: &str, vars: &TemplateVars<'_>) -> Option<Result<String, TemplateError>> {
-        let found = match self {
-            Dialect::PathPattern => match var {
-                ".PVC.namespace" => vars.namespace.to_string(),
-                ".PVC.name" => vars.pvc_name.to_string(),
-                ".PV.name" => vars.pv_name.to_string(),
-                _ => {
-                    if let Some(key) = var.strip_prefix(".PVC.labels.") {
-                        return Some(
-                            vars.labels
-                                .get(key)
-                                .cloned()
-                                .ok_or_else(|| TemplateError::MissingLabel(key.to_string())),
-                        );
+        let found =
+            match self {
+                Dialect::PathPattern => {
+                    match var {
+                        ".PVC.namespace" => vars.namespace.to_string(),
+                        ".PVC.name" => vars.pvc_name.to_string(),
+                        ".PV.name" => vars.pv_name.to_string(),
+                        _ => {
+                            if let Some(key) = var.strip_prefix(".PVC.labels.") {
+                                return Some(
+                                    vars.labels.get(key).cloned().ok_or_else(|| {
+                                        TemplateError::MissingLabel(key.to_string())
+                                    }),
+                                );
+                            }
+                            if let Some(key) = var.strip_prefix(".PVC.annotations.") {
+                                return Some(vars.annotations.get(key).cloned().ok_or_else(|| {
+                                    TemplateError::MissingAnnotation(key.to_string())
+                                }));
+                            }
+                            return None;
+                        }
                     }
-                    if let Some(key) = var.strip_prefix(".PVC.annotations.") {
-                        return Some(
-                            vars.annotations
-                                .get(key)
-                                .cloned()
-                                .ok_or_else(|| TemplateError::MissingAnnotation(key.to_string())),
-                        );
-                    }
-                    return None;
                 }
-            },
-            Dialect::SubDir => match var {
-                "pvc.metadata.namespace" => vars.namespace.to_string(),
-                "pvc.metadata.name" => vars.pvc_name.to_string(),
-                "pv.metadata.name" => vars.pv_name.to_string(),
-                _ => return None,
-            },
-        };
+                Dialect::SubDir => match var {
+                    "pvc.metadata.namespace" => vars.namespace.to_string(),
+                    "pvc.metadata.name" => vars.pvc_name.to_string(),
+                    "pv.metadata.name" => vars.pv_name.to_string(),
+                    _ => return None,
+                },
+            };
         Some(Ok(found))
     }
 }
 
 /// Substitutes `${...}` variables; literal text is kept as is. The result is not yet a
 /// safe path: callers pass it to [`RelPath::parse`].
-pub fn render(template: &str, dialect: Dialect, vars: &TemplateVars<'_>) -> Result<String, TemplateError> {
+pub fn render(
+    template: &str,
+    dialect: Dialect,
+    vars: &TemplateVars<'_>,
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(template.len() + 32);
     let mut rest = template;
     while let Some(start) = rest.find("${") {
@@ -245,7 +243,9 @@ pub fn check_template(template: &str, dialect: Dialect) -> Result<(), TemplateEr
         annotations: &empty,
     };
     match render(template, dialect, &vars) {
-        Ok(_) | Err(TemplateError::MissingLabel(_)) | Err(TemplateError::MissingAnnotation(_)) => Ok(()),
+        Ok(_) | Err(TemplateError::MissingLabel(_)) | Err(TemplateError::MissingAnnotation(_)) => {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
@@ -254,7 +254,10 @@ pub fn check_template(template: &str, dialect: Dialect) -> Result<(), TemplateEr
 mod tests {
     use super::*;
 
-    fn vars<'a>(labels: &'a BTreeMap<String, String>, ann: &'a BTreeMap<String, String>) -> TemplateVars<'a> {
+    fn vars<'a>(
+        labels: &'a BTreeMap<String, String>,
+        ann: &'a BTreeMap<String, String>,
+    ) -> TemplateVars<'a> {
         TemplateVars {
             namespace: "team-a",
             pvc_name: "data",
@@ -271,7 +274,10 @@ mod tests {
         assert_eq!(p.leaf(), "data");
         assert_eq!(p.parent_segments(), ["team-a"]);
         assert_eq!(p.to_string(), "team-a/data");
-        assert_eq!(p.with_leaf("archived-data").unwrap().to_string(), "team-a/archived-data");
+        assert_eq!(
+            p.with_leaf("archived-data").unwrap().to_string(),
+            "team-a/archived-data"
+        );
     }
 
     #[test]
@@ -293,17 +299,14 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(RelPath::parse(raw).unwrap_err(), *want, "input {raw:?}");
         }
-        assert!(matches!(RelPath::parse(&long), Err(PathError::SegmentTooLong(_))));
-        assert_eq!(RelPath::parse(&"ab/".repeat(600)).unwrap_err(), PathError::TooLong);
-    }
-
-    #[test]
-    fn is_within_compares_whole_segments() {
-        let a = RelPath::parse("a/b").unwrap();
-        assert!(RelPath::parse("a/b/c").unwrap().is_within(&a));
-        assert!(a.is_within(&a));
-        assert!(!RelPath::parse("a/bc").unwrap().is_within(&a));
-        assert!(!RelPath::parse("a").unwrap().is_within(&a));
+        assert!(matches!(
+            RelPath::parse(&long),
+            Err(PathError::SegmentTooLong(_))
+        ));
+        assert_eq!(
+            RelPath::parse(&"ab/".repeat(600)).unwrap_err(),
+            PathError::TooLong
+        );
     }
 
     #[test]
@@ -327,7 +330,11 @@ mod tests {
             ("${ .PVC.name }", "data"),
         ];
         for (t, want) in cases {
-            assert_eq!(render(t, Dialect::PathPattern, &v).unwrap(), want, "template {t}");
+            assert_eq!(
+                render(t, Dialect::PathPattern, &v).unwrap(),
+                want,
+                "template {t}"
+            );
         }
     }
 
@@ -379,7 +386,10 @@ mod tests {
             let ann = BTreeMap::from([("p".to_string(), hostile.to_string())]);
             let v = vars(&e, &ann);
             let rendered = render("${.PVC.annotations.p}", Dialect::PathPattern, &v).unwrap();
-            assert!(RelPath::parse(&rendered).is_err(), "{hostile:?} must be refused");
+            assert!(
+                RelPath::parse(&rendered).is_err(),
+                "{hostile:?} must be refused"
+            );
         }
     }
 }

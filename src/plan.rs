@@ -43,7 +43,9 @@ pub enum PlanError {
     Path { rendered: String, source: PathError },
     #[error("claims with volumeMode Block are not supported: an NFS directory is a filesystem")]
     BlockMode,
-    #[error("claims with a selector are not supported: a dynamically provisioned volume has no labels to match")]
+    #[error(
+        "claims with a selector are not supported: a dynamically provisioned volume has no labels to match"
+    )]
     Selector,
     #[error("claims with a dataSource are not supported: this provisioner cannot clone or restore")]
     DataSource,
@@ -71,14 +73,25 @@ pub fn class_name(pvc: &PersistentVolumeClaim) -> Option<&str> {
     pvc.spec
         .as_ref()
         .and_then(|s| s.storage_class_name.as_deref())
-        .or_else(|| pvc.metadata.annotations.as_ref()?.get(ANN_CLASS_BETA).map(String::as_str))
+        .or_else(|| {
+            pvc.metadata
+                .annotations
+                .as_ref()?
+                .get(ANN_CLASS_BETA)
+                .map(String::as_str)
+        })
         .filter(|n| !n.is_empty())
 }
 
 /// The PV name is a function of the claim's uid alone: a crash between mkdir and PV
 /// create comes back to the same name, never a second volume.
 pub fn volume_name(pvc: &PersistentVolumeClaim) -> Result<String, PlanError> {
-    pvc.metadata.uid.as_deref().filter(|u| !u.is_empty()).map(|u| format!("pvc-{u}")).ok_or(PlanError::NoUid)
+    pvc.metadata
+        .uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("pvc-{u}"))
+        .ok_or(PlanError::NoUid)
 }
 
 pub fn decide_claim(
@@ -107,9 +120,12 @@ pub fn decide_claim(
         .get(ANN_STORAGE_PROVISIONER)
         .or_else(|| ann.get(ANN_STORAGE_PROVISIONER_BETA));
     if asked.map(String::as_str) != Some(provisioner) {
-        return ClaimDecision::Wait("the control plane has not yet handed the claim to this provisioner");
+        return ClaimDecision::Wait(
+            "the control plane has not yet handed the claim to this provisioner",
+        );
     }
-    if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") && !ann.contains_key(ANN_SELECTED_NODE)
+    if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+        && !ann.contains_key(ANN_SELECTED_NODE)
     {
         return ClaimDecision::Wait("WaitForFirstConsumer: no node selected yet");
     }
@@ -140,7 +156,11 @@ impl VolumePlan {
 }
 
 pub fn join_share(share: &str, dir: &RelPath) -> String {
-    if share == "/" { format!("/{dir}") } else { format!("{share}/{dir}") }
+    if share == "/" {
+        format!("/{dir}")
+    } else {
+        format!("{share}/{dir}")
+    }
 }
 
 pub fn plan_volume(
@@ -151,7 +171,10 @@ pub fn plan_volume(
 ) -> Result<VolumePlan, PlanError> {
     let class_name = class.metadata.name.clone().unwrap_or_default();
     let params = ClassParams::parse(&class.parameters.clone().unwrap_or_default(), defaults)
-        .map_err(|source| PlanError::Params { class: class_name.clone(), source })?;
+        .map_err(|source| PlanError::Params {
+            class: class_name.clone(),
+            source,
+        })?;
     let pv_name = volume_name(pvc)?;
     let namespace = pvc.metadata.namespace.clone().unwrap_or_default();
     let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
@@ -168,8 +191,10 @@ pub fn plan_volume(
         // nfs-subdir-external-provisioner's name, so existing data lines up after a move.
         None => format!("{namespace}-{pvc_name}-{pv_name}"),
     };
-    let directory =
-        RelPath::parse(&rendered).map_err(|source| PlanError::Path { rendered: rendered.clone(), source })?;
+    let directory = RelPath::parse(&rendered).map_err(|source| PlanError::Path {
+        rendered: rendered.clone(),
+        source,
+    })?;
 
     let spec = pvc.spec.clone().unwrap_or_default();
     let size = spec
@@ -179,7 +204,11 @@ pub fn plan_volume(
         .and_then(|r| r.get("storage"))
         .cloned()
         .ok_or(PlanError::NoSize)?;
-    let access_modes = spec.access_modes.clone().filter(|m| !m.is_empty()).ok_or(PlanError::NoAccessModes)?;
+    let access_modes = spec
+        .access_modes
+        .clone()
+        .filter(|m| !m.is_empty())
+        .ok_or(PlanError::NoAccessModes)?;
 
     let mut annotations = BTreeMap::from([
         (ANN_PROVISIONED_BY.to_string(), provisioner.to_string()),
@@ -221,7 +250,10 @@ pub fn plan_volume(
                 read_only: None,
             }),
             persistent_volume_reclaim_policy: Some(
-                class.reclaim_policy.clone().unwrap_or_else(|| "Delete".to_string()),
+                class
+                    .reclaim_policy
+                    .clone()
+                    .unwrap_or_else(|| "Delete".to_string()),
             ),
             storage_class_name: Some(class_name),
             volume_mode: Some("Filesystem".into()),
@@ -229,7 +261,11 @@ pub fn plan_volume(
         }),
         status: None,
     };
-    Ok(VolumePlan { params, directory, pv })
+    Ok(VolumePlan {
+        params,
+        directory,
+        pv,
+    })
 }
 
 /// Where a volume's data lives, read back from the PV's own annotations.
@@ -251,7 +287,9 @@ pub enum RecordError {
     Invalid { key: &'static str, value: String },
     #[error("annotation {ANN_DIRECTORY} is not a safe path: {0}")]
     Path(PathError),
-    #[error("spec.nfs.path {actual:?} does not match the recorded share and directory {recorded:?}")]
+    #[error(
+        "spec.nfs.path {actual:?} does not match the recorded share and directory {recorded:?}"
+    )]
     Mismatch { actual: String, recorded: String },
 }
 
@@ -259,16 +297,27 @@ impl Recorded {
     pub fn from_pv(pv: &PersistentVolume) -> Result<Self, RecordError> {
         let empty = BTreeMap::new();
         let ann = pv.metadata.annotations.as_ref().unwrap_or(&empty);
-        let get = |k: &'static str| ann.get(k).map(String::as_str).ok_or(RecordError::Missing(k));
-        let invalid = |key: &'static str, value: &str| RecordError::Invalid { key, value: value.to_string() };
+        let get = |k: &'static str| {
+            ann.get(k)
+                .map(String::as_str)
+                .ok_or(RecordError::Missing(k))
+        };
+        let invalid = |key: &'static str, value: &str| RecordError::Invalid {
+            key,
+            value: value.to_string(),
+        };
         let server = get(ANN_SERVER)?.to_string();
         let raw_share = get(ANN_SHARE)?;
         let share = path::normalize_share(raw_share).map_err(|_| invalid(ANN_SHARE, raw_share))?;
         let directory = RelPath::parse(get(ANN_DIRECTORY)?).map_err(RecordError::Path)?;
         let raw_on_delete = get(ANN_ON_DELETE)?;
-        let on_delete = raw_on_delete.parse().map_err(|_| invalid(ANN_ON_DELETE, raw_on_delete))?;
+        let on_delete = raw_on_delete
+            .parse()
+            .map_err(|_| invalid(ANN_ON_DELETE, raw_on_delete))?;
         let port_of = |k: &'static str| -> Result<Option<u16>, RecordError> {
-            ann.get(k).map(|v| v.parse::<u16>().map_err(|_| invalid(k, v))).transpose()
+            ann.get(k)
+                .map(|v| v.parse::<u16>().map_err(|_| invalid(k, v)))
+                .transpose()
         };
         let recorded = Self {
             server,
@@ -280,10 +329,18 @@ impl Recorded {
         };
         // An edited PV whose spec points elsewhere than its annotations is ambiguous:
         // deleting either place could destroy data someone still uses.
-        let actual = pv.spec.as_ref().and_then(|s| s.nfs.as_ref()).map(|n| n.path.clone()).unwrap_or_default();
+        let actual = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.nfs.as_ref())
+            .map(|n| n.path.clone())
+            .unwrap_or_default();
         let expected = join_share(&recorded.share, &recorded.directory);
         if path::normalize_share(&actual).ok().as_deref() != Some(expected.as_str()) {
-            return Err(RecordError::Mismatch { actual, recorded: expected });
+            return Err(RecordError::Mismatch {
+                actual,
+                recorded: expected,
+            });
         }
         Ok(recorded)
     }
@@ -310,29 +367,59 @@ pub enum PvDecision {
     Reclaim,
     /// Being deleted and its data has been dealt with or must be kept: drop our finalizer.
     /// `reclaim_first` says whether the (idempotent) reclaim must run before.
-    ReleaseFinalizer { reclaim_first: bool },
+    ReleaseFinalizer {
+        reclaim_first: bool,
+    },
 }
 
 pub fn decide_pv(pv: &PersistentVolume, provisioner: &str) -> PvDecision {
     let ann = pv.metadata.annotations.as_ref();
-    if ann.and_then(|a| a.get(ANN_PROVISIONED_BY)).map(String::as_str) != Some(provisioner) {
+    if ann
+        .and_then(|a| a.get(ANN_PROVISIONED_BY))
+        .map(String::as_str)
+        != Some(provisioner)
+    {
         return PvDecision::Skip("not provisioned by us");
     }
-    let has_finalizer = pv.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == FINALIZER));
+    let has_finalizer = pv
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == FINALIZER));
     let deleting = pv.metadata.deletion_timestamp.is_some();
-    let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-    let policy = pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()).unwrap_or("Delete");
+    let phase = pv
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("");
+    let policy = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or("Delete");
     let released = phase == "Released";
     match (deleting, policy) {
         (false, "Delete") if released => PvDecision::Reclaim,
         (false, _) => PvDecision::Skip("not released with reclaim policy Delete"),
-        (true, _) if !has_finalizer => PvDecision::Skip("being deleted, our finalizer already gone"),
-        (true, "Delete") if released => PvDecision::ReleaseFinalizer { reclaim_first: true },
+        (true, _) if !has_finalizer => {
+            PvDecision::Skip("being deleted, our finalizer already gone")
+        }
+        (true, "Delete") if released => PvDecision::ReleaseFinalizer {
+            reclaim_first: true,
+        },
         // Bound or Pending while deleted: pv-protection holds it until the claim lets go.
-        (true, "Delete") if phase == "Bound" || phase == "Pending" => PvDecision::Skip("deleted while still bound"),
-        (true, "Delete") if phase == "Available" => PvDecision::ReleaseFinalizer { reclaim_first: true },
-        (true, "Delete") => PvDecision::Skip("deleted in an unexpected phase; leaving the data alone"),
-        (true, _) => PvDecision::ReleaseFinalizer { reclaim_first: false },
+        (true, "Delete") if phase == "Bound" || phase == "Pending" => {
+            PvDecision::Skip("deleted while still bound")
+        }
+        (true, "Delete") if phase == "Available" => PvDecision::ReleaseFinalizer {
+            reclaim_first: true,
+        },
+        (true, "Delete") => {
+            PvDecision::Skip("deleted in an unexpected phase; leaving the data alone")
+        }
+        (true, _) => PvDecision::ReleaseFinalizer {
+            reclaim_first: false,
+        },
     }
 }
 
@@ -361,7 +448,8 @@ pub fn sharing_pvs<'a>(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeStatus, VolumeResourceRequirements,
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeStatus,
+        VolumeResourceRequirements,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -370,9 +458,17 @@ mod tests {
 
     fn class(params: &[(&str, &str)]) -> StorageClass {
         StorageClass {
-            metadata: ObjectMeta { name: Some("nfs".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("nfs".into()),
+                ..Default::default()
+            },
             provisioner: PROV.into(),
-            parameters: Some(params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            parameters: Some(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
             mount_options: Some(vec!["nfsvers=3".into(), "hard".into()]),
             reclaim_policy: None,
             ..Default::default()
@@ -386,7 +482,10 @@ mod tests {
                 namespace: Some("team-a".into()),
                 uid: Some("0b5e".into()),
                 resource_version: Some("7".into()),
-                annotations: Some(BTreeMap::from([(ANN_STORAGE_PROVISIONER.to_string(), PROV.to_string())])),
+                annotations: Some(BTreeMap::from([(
+                    ANN_STORAGE_PROVISIONER.to_string(),
+                    PROV.to_string(),
+                )])),
                 labels: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
                 ..Default::default()
             },
@@ -394,56 +493,106 @@ mod tests {
                 access_modes: Some(vec!["ReadWriteMany".into()]),
                 storage_class_name: Some("nfs".into()),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity("1Gi".into()))])),
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity("1Gi".into()),
+                    )])),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
-            status: Some(PersistentVolumeClaimStatus { phase: Some("Pending".into()), ..Default::default() }),
+            status: Some(PersistentVolumeClaimStatus {
+                phase: Some("Pending".into()),
+                ..Default::default()
+            }),
         }
     }
 
     fn defaults() -> Defaults {
-        Defaults { server: Some("10.0.0.5".into()), share: Some("/srv/k8s".into()) }
+        Defaults {
+            server: Some("10.0.0.5".into()),
+            share: Some("/srv/k8s".into()),
+        }
     }
 
     #[test]
     fn claim_decisions() {
         let c = class(&[]);
-        assert!(matches!(decide_claim(&claim(), Some(&c), PROV), ClaimDecision::Provision));
-        assert!(matches!(decide_claim(&claim(), None, PROV), ClaimDecision::Skip(_)));
-        assert!(matches!(decide_claim(&claim(), Some(&c), "other.io/nfs"), ClaimDecision::Skip(_)));
+        assert!(matches!(
+            decide_claim(&claim(), Some(&c), PROV),
+            ClaimDecision::Provision
+        ));
+        assert!(matches!(
+            decide_claim(&claim(), None, PROV),
+            ClaimDecision::Skip(_)
+        ));
+        assert!(matches!(
+            decide_claim(&claim(), Some(&c), "other.io/nfs"),
+            ClaimDecision::Skip(_)
+        ));
 
         let mut beta = claim();
-        beta.metadata.annotations = Some(BTreeMap::from([(ANN_STORAGE_PROVISIONER_BETA.into(), PROV.into())]));
-        assert!(matches!(decide_claim(&beta, Some(&c), PROV), ClaimDecision::Provision));
+        beta.metadata.annotations = Some(BTreeMap::from([(
+            ANN_STORAGE_PROVISIONER_BETA.into(),
+            PROV.into(),
+        )]));
+        assert!(matches!(
+            decide_claim(&beta, Some(&c), PROV),
+            ClaimDecision::Provision
+        ));
 
         let mut unannotated = claim();
         unannotated.metadata.annotations = None;
-        assert!(matches!(decide_claim(&unannotated, Some(&c), PROV), ClaimDecision::Wait(_)));
+        assert!(matches!(
+            decide_claim(&unannotated, Some(&c), PROV),
+            ClaimDecision::Wait(_)
+        ));
 
         let mut bound = claim();
         bound.spec.as_mut().unwrap().volume_name = Some("pv-x".into());
-        assert!(matches!(decide_claim(&bound, Some(&c), PROV), ClaimDecision::Skip(_)));
+        assert!(matches!(
+            decide_claim(&bound, Some(&c), PROV),
+            ClaimDecision::Skip(_)
+        ));
 
         let mut wffc = c.clone();
         wffc.volume_binding_mode = Some("WaitForFirstConsumer".into());
-        assert!(matches!(decide_claim(&claim(), Some(&wffc), PROV), ClaimDecision::Wait(_)));
+        assert!(matches!(
+            decide_claim(&claim(), Some(&wffc), PROV),
+            ClaimDecision::Wait(_)
+        ));
         let mut selected = claim();
-        selected.metadata.annotations.as_mut().unwrap().insert(ANN_SELECTED_NODE.into(), "node-1".into());
-        assert!(matches!(decide_claim(&selected, Some(&wffc), PROV), ClaimDecision::Provision));
+        selected
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_SELECTED_NODE.into(), "node-1".into());
+        assert!(matches!(
+            decide_claim(&selected, Some(&wffc), PROV),
+            ClaimDecision::Provision
+        ));
 
         let mut block = claim();
         block.spec.as_mut().unwrap().volume_mode = Some("Block".into());
-        assert!(matches!(decide_claim(&block, Some(&c), PROV), ClaimDecision::Refuse(PlanError::BlockMode)));
+        assert!(matches!(
+            decide_claim(&block, Some(&c), PROV),
+            ClaimDecision::Refuse(PlanError::BlockMode)
+        ));
 
         let mut sel = claim();
         sel.spec.as_mut().unwrap().selector = Some(Default::default());
-        assert!(matches!(decide_claim(&sel, Some(&c), PROV), ClaimDecision::Refuse(PlanError::Selector)));
+        assert!(matches!(
+            decide_claim(&sel, Some(&c), PROV),
+            ClaimDecision::Refuse(PlanError::Selector)
+        ));
 
         let mut deleting = claim();
         deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
-        assert!(matches!(decide_claim(&deleting, Some(&c), PROV), ClaimDecision::Skip(_)));
+        assert!(matches!(
+            decide_claim(&deleting, Some(&c), PROV),
+            ClaimDecision::Skip(_)
+        ));
     }
 
     #[test]
@@ -452,17 +601,39 @@ mod tests {
         assert_eq!(plan.directory.to_string(), "team-a-data-pvc-0b5e");
         let pv = &plan.pv;
         assert_eq!(pv.metadata.name.as_deref(), Some("pvc-0b5e"));
-        assert_eq!(pv.metadata.finalizers.as_deref(), Some(&[FINALIZER.to_string()][..]));
+        assert_eq!(
+            pv.metadata.finalizers.as_deref(),
+            Some(&[FINALIZER.to_string()][..])
+        );
         let spec = pv.spec.as_ref().unwrap();
         let nfs = spec.nfs.as_ref().unwrap();
-        assert_eq!((nfs.server.as_str(), nfs.path.as_str()), ("10.0.0.5", "/srv/k8s/team-a-data-pvc-0b5e"));
-        assert_eq!(spec.capacity.as_ref().unwrap()["storage"], Quantity("1Gi".into()));
-        assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
-        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        assert_eq!(
+            (nfs.server.as_str(), nfs.path.as_str()),
+            ("10.0.0.5", "/srv/k8s/team-a-data-pvc-0b5e")
+        );
+        assert_eq!(
+            spec.capacity.as_ref().unwrap()["storage"],
+            Quantity("1Gi".into())
+        );
+        assert_eq!(
+            spec.access_modes.as_deref(),
+            Some(&["ReadWriteMany".to_string()][..])
+        );
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
         assert_eq!(spec.mount_options.as_ref().unwrap(), &["nfsvers=3", "hard"]);
         let cref = spec.claim_ref.as_ref().unwrap();
-        assert_eq!((cref.namespace.as_deref(), cref.name.as_deref(), cref.uid.as_deref()), (Some("team-a"), Some("data"), Some("0b5e")));
+        assert_eq!(
+            (
+                cref.namespace.as_deref(),
+                cref.name.as_deref(),
+                cref.uid.as_deref()
+            ),
+            (Some("team-a"), Some("data"), Some("0b5e"))
+        );
         let rec = Recorded::from_pv(pv).unwrap();
         assert_eq!(rec.directory, plan.directory);
         assert_eq!(rec.on_delete, OnDelete::Archive);
@@ -472,9 +643,15 @@ mod tests {
     #[test]
     fn templated_plans() {
         let cases = [
-            (("pathPattern", "${.PVC.namespace}/${.PVC.name}"), "team-a/data"),
+            (
+                ("pathPattern", "${.PVC.namespace}/${.PVC.name}"),
+                "team-a/data",
+            ),
             (("pathPattern", "${.PVC.labels.app}"), "web"),
-            (("subDir", "${pvc.metadata.namespace}/${pv.metadata.name}"), "team-a/pvc-0b5e"),
+            (
+                ("subDir", "${pvc.metadata.namespace}/${pv.metadata.name}"),
+                "team-a/pvc-0b5e",
+            ),
         ];
         for ((k, v), want) in cases {
             let plan = plan_volume(&claim(), &class(&[(k, v)]), &defaults(), PROV).unwrap();
@@ -484,26 +661,54 @@ mod tests {
         root_share.reclaim_policy = Some("Retain".into());
         let plan = plan_volume(&claim(), &root_share, &defaults(), PROV).unwrap();
         assert_eq!(plan.full_path(), "/x");
-        assert_eq!(plan.pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(), Some("Retain"));
+        assert_eq!(
+            plan.pv
+                .spec
+                .unwrap()
+                .persistent_volume_reclaim_policy
+                .as_deref(),
+            Some("Retain")
+        );
     }
 
     #[test]
     fn hostile_claims_are_refused() {
         for hostile in ["../../etc", "/etc", "", "a//b", "..", "x/../../y"] {
             let mut pvc = claim();
-            pvc.metadata.annotations.as_mut().unwrap().insert("p".into(), hostile.into());
-            let err = plan_volume(&pvc, &class(&[("pathPattern", "${.PVC.annotations.p}")]), &defaults(), PROV)
-                .unwrap_err();
+            pvc.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert("p".into(), hostile.into());
+            let err = plan_volume(
+                &pvc,
+                &class(&[("pathPattern", "${.PVC.annotations.p}")]),
+                &defaults(),
+                PROV,
+            )
+            .unwrap_err();
             assert!(matches!(err, PlanError::Path { .. }), "{hostile:?}: {err}");
         }
-        let err = plan_volume(&claim(), &class(&[("pathPattern", "${.PVC.labels.missing}")]), &defaults(), PROV)
-            .unwrap_err();
+        let err = plan_volume(
+            &claim(),
+            &class(&[("pathPattern", "${.PVC.labels.missing}")]),
+            &defaults(),
+            PROV,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no label \"missing\""), "{err}");
         let mut no_size = claim();
         no_size.spec.as_mut().unwrap().resources = None;
-        assert!(matches!(plan_volume(&no_size, &class(&[]), &defaults(), PROV), Err(PlanError::NoSize)));
+        assert!(matches!(
+            plan_volume(&no_size, &class(&[]), &defaults(), PROV),
+            Err(PlanError::NoSize)
+        ));
         let err = plan_volume(&claim(), &class(&[("bogus", "1")]), &defaults(), PROV).unwrap_err();
-        assert!(err.to_string().contains("StorageClass nfs: unknown parameter \"bogus\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("StorageClass nfs: unknown parameter \"bogus\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -511,27 +716,60 @@ mod tests {
         let plan = plan_volume(&claim(), &class(&[]), &defaults(), PROV).unwrap();
         let mut edited = plan.pv.clone();
         edited.spec.as_mut().unwrap().nfs.as_mut().unwrap().path = "/srv/k8s".into();
-        assert!(matches!(Recorded::from_pv(&edited), Err(RecordError::Mismatch { .. })));
+        assert!(matches!(
+            Recorded::from_pv(&edited),
+            Err(RecordError::Mismatch { .. })
+        ));
         let mut tampered = plan.pv.clone();
-        tampered.metadata.annotations.as_mut().unwrap().insert(ANN_DIRECTORY.into(), "../x".into());
-        assert!(matches!(Recorded::from_pv(&tampered), Err(RecordError::Path(_))));
+        tampered
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_DIRECTORY.into(), "../x".into());
+        assert!(matches!(
+            Recorded::from_pv(&tampered),
+            Err(RecordError::Path(_))
+        ));
         let mut missing = plan.pv.clone();
-        missing.metadata.annotations.as_mut().unwrap().remove(ANN_ON_DELETE);
-        assert_eq!(Recorded::from_pv(&missing), Err(RecordError::Missing(ANN_ON_DELETE)));
+        missing
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(ANN_ON_DELETE);
+        assert_eq!(
+            Recorded::from_pv(&missing),
+            Err(RecordError::Missing(ANN_ON_DELETE))
+        );
     }
 
     #[test]
     fn archive_names_never_collide() {
         let d = RelPath::parse("team-a-data-pvc-1").unwrap();
-        assert_eq!(archive_target(&d, "pvc-1").unwrap().to_string(), "archived-team-a-data-pvc-1");
+        assert_eq!(
+            archive_target(&d, "pvc-1").unwrap().to_string(),
+            "archived-team-a-data-pvc-1"
+        );
         let nested = RelPath::parse("team-a/data").unwrap();
-        assert_eq!(archive_target(&nested, "pvc-1").unwrap().to_string(), "team-a/archived-data-pvc-1");
-        assert_ne!(archive_target(&nested, "pvc-1").unwrap(), archive_target(&nested, "pvc-2").unwrap());
+        assert_eq!(
+            archive_target(&nested, "pvc-1").unwrap().to_string(),
+            "team-a/archived-data-pvc-1"
+        );
+        assert_ne!(
+            archive_target(&nested, "pvc-1").unwrap(),
+            archive_target(&nested, "pvc-2").unwrap()
+        );
     }
 
     fn pv(phase: &str, policy: &str, deleting: bool, finalizer: bool) -> PersistentVolume {
-        let mut pv = plan_volume(&claim(), &class(&[]), &defaults(), PROV).unwrap().pv;
-        pv.status = Some(PersistentVolumeStatus { phase: Some(phase.into()), ..Default::default() });
+        let mut pv = plan_volume(&claim(), &class(&[]), &defaults(), PROV)
+            .unwrap()
+            .pv;
+        pv.status = Some(PersistentVolumeStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
         pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some(policy.into());
         if deleting {
             pv.metadata.deletion_timestamp = Some(Time(Default::default()));
@@ -547,28 +785,69 @@ mod tests {
         use PvDecision::*;
         let cases = [
             (("Released", "Delete", false, true), Reclaim),
-            (("Bound", "Delete", false, true), Skip("not released with reclaim policy Delete")),
-            (("Released", "Retain", false, true), Skip("not released with reclaim policy Delete")),
-            (("Released", "Delete", true, true), ReleaseFinalizer { reclaim_first: true }),
-            (("Bound", "Delete", true, true), Skip("deleted while still bound")),
-            (("Released", "Retain", true, true), ReleaseFinalizer { reclaim_first: false }),
-            (("Released", "Delete", true, false), Skip("being deleted, our finalizer already gone")),
-            (("Failed", "Delete", true, true), Skip("deleted in an unexpected phase; leaving the data alone")),
+            (
+                ("Bound", "Delete", false, true),
+                Skip("not released with reclaim policy Delete"),
+            ),
+            (
+                ("Released", "Retain", false, true),
+                Skip("not released with reclaim policy Delete"),
+            ),
+            (
+                ("Released", "Delete", true, true),
+                ReleaseFinalizer {
+                    reclaim_first: true,
+                },
+            ),
+            (
+                ("Bound", "Delete", true, true),
+                Skip("deleted while still bound"),
+            ),
+            (
+                ("Released", "Retain", true, true),
+                ReleaseFinalizer {
+                    reclaim_first: false,
+                },
+            ),
+            (
+                ("Released", "Delete", true, false),
+                Skip("being deleted, our finalizer already gone"),
+            ),
+            (
+                ("Failed", "Delete", true, true),
+                Skip("deleted in an unexpected phase; leaving the data alone"),
+            ),
         ];
         for ((phase, policy, deleting, fin), want) in cases {
-            assert_eq!(decide_pv(&pv(phase, policy, deleting, fin), PROV), want, "{phase} {policy} {deleting} {fin}");
+            assert_eq!(
+                decide_pv(&pv(phase, policy, deleting, fin), PROV),
+                want,
+                "{phase} {policy} {deleting} {fin}"
+            );
         }
         let mut foreign = pv("Released", "Delete", false, true);
-        foreign.metadata.annotations.as_mut().unwrap().insert(ANN_PROVISIONED_BY.into(), "other".into());
+        foreign
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_PROVISIONED_BY.into(), "other".into());
         assert_eq!(decide_pv(&foreign, PROV), Skip("not provisioned by us"));
     }
 
     #[test]
     fn sharing_detects_equal_and_nested_paths_not_parents() {
         let mk = |name: &str, path: &str| PersistentVolume {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
             spec: Some(PersistentVolumeSpec {
-                nfs: Some(NFSVolumeSource { server: "x".into(), path: path.into(), read_only: None }),
+                nfs: Some(NFSVolumeSource {
+                    server: "x".into(),
+                    path: path.into(),
+                    read_only: None,
+                }),
                 ..Default::default()
             }),
             status: None,

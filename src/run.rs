@@ -21,15 +21,26 @@ use crate::path::normalize_share;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
-    let client = Client::try_default().await.map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
-    let defaults = Defaults { server: args.nfs_server.clone(), share: args.nfs_path.clone() };
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let defaults = Defaults {
+        server: args.nfs_server.clone(),
+        share: args.nfs_path.clone(),
+    };
     let default_target = default_target(&defaults)?;
     let backend = match args.backend {
         BackendKind::Nfs3 => BackendConfig::Nfs3(args.nfs.options()),
-        BackendKind::Mounted => BackendConfig::Mounted { root: args.mount_root.clone(), served: default_target.clone() },
+        BackendKind::Mounted => BackendConfig::Mounted {
+            root: args.mount_root.clone(),
+            served: default_target.clone(),
+        },
     };
     let ready = Arc::new(Readiness::default());
-    let identity = args.pod_name.clone().unwrap_or_else(|| format!("nfs3-provisioner-{}", uuid::Uuid::new_v4()));
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("nfs3-provisioner-{}", uuid::Uuid::new_v4()));
     info!(provisioner = args.provisioner_name, identity, backend = ?args.backend, "starting");
 
     let http_ready = ready.clone();
@@ -39,15 +50,23 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             warn!(error = %e, %addr, "health and metrics server failed");
         }
     });
-    tokio::spawn(watch_default_share(Shares::new(backend.clone()), default_target, ready.clone()));
+    tokio::spawn(watch_default_share(
+        Shares::new(backend.clone()),
+        default_target,
+        ready.clone(),
+    ));
 
     let make_ctx = {
         let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
         move |backend: BackendConfig| {
+            let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
             move |classes, volumes| {
                 Context::new(
                     client,
-                    Reporter { controller: "nfs3-provisioner".into(), instance: Some(identity_of(&args)) },
+                    Reporter {
+                        controller: "nfs3-provisioner".into(),
+                        instance: Some(identity_of(&args)),
+                    },
                     args.provisioner_name.clone(),
                     defaults,
                     Shares::new(backend),
@@ -60,7 +79,14 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
 
     if !args.leader_elect {
         metrics::set_leader(true);
-        controller::run(client, make_ctx(backend), args.concurrency, ready, shutdown_signal()).await;
+        controller::run(
+            client,
+            make_ctx(backend),
+            args.concurrency,
+            ready,
+            shutdown_signal(),
+        )
+        .await;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -70,7 +96,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         identity: identity.clone(),
         duration_seconds: args.lease_duration_seconds,
     };
-    let mut leading = leader::elect(client.clone(), &lease).await.map_err(|e| format!("leader election: {e}"))?;
+    let mut leading = leader::elect(client.clone(), &lease)
+        .await
+        .map_err(|e| format!("leader election: {e}"))?;
     // A standby is healthy and ready to take over; only the holder works.
     ready.set_synced(true);
     let stop = shutdown_signal();
@@ -92,7 +120,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         let lost = async move {
             let _ = lost.wait_for(|held| !*held).await;
         };
-        let work = controller::run(client.clone(), make_ctx(backend.clone()), args.concurrency, ready.clone(), std::future::pending());
+        let work = controller::run(
+            client.clone(),
+            make_ctx(backend.clone()),
+            args.concurrency,
+            ready.clone(),
+            std::future::pending(),
+        );
         tokio::select! {
             _ = work => {}
             // Dropping the controllers aborts their reconciles at once: another replica
@@ -107,7 +141,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
 }
 
 fn identity_of(args: &RunArgs) -> String {
-    args.pod_name.clone().unwrap_or_else(|| "nfs3-provisioner".into())
+    args.pod_name
+        .clone()
+        .unwrap_or_else(|| "nfs3-provisioner".into())
 }
 
 fn default_target(defaults: &Defaults) -> Result<Option<Target>, BoxError> {

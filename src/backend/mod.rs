@@ -55,7 +55,7 @@ pub enum Removed {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Renamed {
-    Renamed,
+    Done,
     /// The source is gone and the target exists: an earlier attempt did it.
     AlreadyDone,
     /// Neither exists: nothing to archive.
@@ -74,13 +74,29 @@ pub enum BackendError {
     #[error("cannot resolve NFS server {host:?}: {reason}")]
     Resolve { host: String, reason: String },
     #[error("cannot mount {server}:{share}: {reason}{hint}", hint = hint(reason))]
-    Connect { server: String, share: String, reason: String },
+    Connect {
+        server: String,
+        share: String,
+        reason: String,
+    },
     #[error("NFS {op} on {server} timed out after {after:?}")]
-    Timeout { op: &'static str, server: String, after: Duration },
+    Timeout {
+        op: &'static str,
+        server: String,
+        after: Duration,
+    },
     #[error("NFS {op} on {server} failed: {reason}{hint}", hint = hint(reason))]
-    Rpc { op: &'static str, server: String, reason: String },
+    Rpc {
+        op: &'static str,
+        server: String,
+        reason: String,
+    },
     #[error("{op} {path:?} failed: {status}")]
-    Status { op: &'static str, path: String, status: String },
+    Status {
+        op: &'static str,
+        path: String,
+        status: String,
+    },
     #[error("{path:?} exists and is not a directory")]
     NotADirectory { path: String },
     #[error("{path:?} is a symbolic link; refusing to follow it")]
@@ -90,9 +106,17 @@ pub enum BackendError {
     #[error("directory {path:?} still lists entries that were removed; giving up")]
     NoProgress { path: String },
     #[error("{op} {path:?} failed: {source}")]
-    Io { op: &'static str, path: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the {backend} backend serves only {served}; this class asks for {wanted}")]
-    NotServed { backend: &'static str, served: String, wanted: String },
+    NotServed {
+        backend: &'static str,
+        served: String,
+        wanted: String,
+    },
 }
 
 /// Turns the errors users meet most into what to do about them.
@@ -110,33 +134,36 @@ fn hint(reason: &str) -> &'static str {
     }
 }
 
-impl BackendError {
-    /// Whether the same call may succeed later without anyone changing anything.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            BackendError::Resolve { .. }
-                | BackendError::Connect { .. }
-                | BackendError::Timeout { .. }
-                | BackendError::Rpc { .. }
-                | BackendError::Io { .. }
-        )
-    }
-}
-
 /// One share, as the provisioner sees it. Paths are relative to the share root and
 /// already validated; implementations must still never follow a symlink.
 pub trait Share: Send + Sync {
     /// Creates `dir` and any missing parents, and applies `attrs` to `dir`.
-    fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn create_dir(
+        &self,
+        dir: &RelPath,
+        attrs: DirAttrs,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Removes `dir` and everything below it, without following symlinks.
-    fn remove_tree(&self, dir: &RelPath) -> impl Future<Output = Result<Removed, BackendError>> + Send;
+    fn remove_tree(
+        &self,
+        dir: &RelPath,
+    ) -> impl Future<Output = Result<Removed, BackendError>> + Send;
     /// Renames `from` to `to` (same parent), never overwriting `to`.
-    fn rename(&self, from: &RelPath, to: &RelPath) -> impl Future<Output = Result<Renamed, BackendError>> + Send;
+    fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+    ) -> impl Future<Output = Result<Renamed, BackendError>> + Send;
     /// Attributes of `path`, or `None` when it does not exist.
-    fn stat(&self, path: &RelPath) -> impl Future<Output = Result<Option<Stat>, BackendError>> + Send;
+    fn stat(
+        &self,
+        path: &RelPath,
+    ) -> impl Future<Output = Result<Option<Stat>, BackendError>> + Send;
     /// Names in `dir` (the share root for `None`), without `.` and `..`.
-    fn list(&self, dir: Option<&RelPath>) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    fn list(
+        &self,
+        dir: Option<&RelPath>,
+    ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     fn space(&self) -> impl Future<Output = Result<Space, BackendError>> + Send;
 }
 
@@ -196,7 +223,10 @@ impl Share for AnyShare {
 pub enum BackendConfig {
     Nfs3(nfs3::Nfs3Options),
     /// The mounted backend serves the one share mounted at `root`: `served` names it.
-    Mounted { root: std::path::PathBuf, served: Option<Target> },
+    Mounted {
+        root: std::path::PathBuf,
+        served: Option<Target>,
+    },
 }
 
 /// Hands out one share handle per target, so every claim on a share uses the same pool.
@@ -207,16 +237,19 @@ pub struct Shares {
 
 impl Shares {
     pub fn new(config: BackendConfig) -> Self {
-        Self { config, nfs3: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            nfs3: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn get(&self, target: &Target) -> Result<AnyShare, BackendError> {
         match &self.config {
             BackendConfig::Nfs3(opts) => {
                 let mut pools = self.nfs3.lock().unwrap_or_else(|p| p.into_inner());
-                let share = pools
-                    .entry(target.clone())
-                    .or_insert_with(|| Arc::new(nfs3::Nfs3Share::new(target.clone(), opts.clone())));
+                let share = pools.entry(target.clone()).or_insert_with(|| {
+                    Arc::new(nfs3::Nfs3Share::new(target.clone(), opts.clone()))
+                });
                 Ok(AnyShare::Nfs3(share.clone()))
             }
             BackendConfig::Mounted { root, served } => {
@@ -231,7 +264,9 @@ impl Shares {
                         wanted: target.to_string(),
                     });
                 }
-                Ok(AnyShare::Mounted(Arc::new(mounted::MountedShare::new(root.clone()))))
+                Ok(AnyShare::Mounted(Arc::new(mounted::MountedShare::new(
+                    root.clone(),
+                ))))
             }
         }
     }
@@ -248,37 +283,88 @@ pub mod conformance {
     }
 
     pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S) {
-        let attrs = DirAttrs { mode: 0o750, uid: Some(1234), gid: Some(2345) };
+        let attrs = DirAttrs {
+            mode: 0o750,
+            uid: Some(1234),
+            gid: Some(2345),
+        };
         share.create_dir(&p("ns/claim"), attrs).await.unwrap();
         share.create_dir(&p("ns/claim"), attrs).await.unwrap();
         let st = share.stat(&p("ns/claim")).await.unwrap().unwrap();
-        assert_eq!((st.kind, st.mode & 0o7777, st.uid, st.gid), (Kind::Dir, 0o750, 1234, 2345));
+        assert_eq!(
+            (st.kind, st.mode & 0o7777, st.uid, st.gid),
+            (Kind::Dir, 0o750, 1234, 2345)
+        );
         let parent = share.stat(&p("ns")).await.unwrap().unwrap();
-        assert_eq!((parent.kind, parent.mode & 0o7777), (Kind::Dir, PARENT_MODE));
-        let wide = DirAttrs { mode: 0o777, uid: None, gid: None };
+        assert_eq!(
+            (parent.kind, parent.mode & 0o7777),
+            (Kind::Dir, PARENT_MODE)
+        );
+        let wide = DirAttrs {
+            mode: 0o777,
+            uid: None,
+            gid: None,
+        };
         share.create_dir(&p("wide"), wide).await.unwrap();
-        assert_eq!(share.stat(&p("wide")).await.unwrap().unwrap().mode & 0o7777, 0o777);
-        assert!(share.list(None).await.unwrap().contains(&"wide".to_string()));
+        assert_eq!(
+            share.stat(&p("wide")).await.unwrap().unwrap().mode & 0o7777,
+            0o777
+        );
+        assert!(
+            share
+                .list(None)
+                .await
+                .unwrap()
+                .contains(&"wide".to_string())
+        );
     }
 
     pub async fn remove_and_rename_are_idempotent<S: Share>(share: &S) {
-        let attrs = DirAttrs { mode: 0o777, uid: None, gid: None };
+        let attrs = DirAttrs {
+            mode: 0o777,
+            uid: None,
+            gid: None,
+        };
         share.create_dir(&p("r/a"), attrs).await.unwrap();
-        assert!(matches!(share.remove_tree(&p("r/a")).await.unwrap(), Removed::Removed { .. }));
-        assert_eq!(share.remove_tree(&p("r/a")).await.unwrap(), Removed::AlreadyGone);
-        assert_eq!(share.remove_tree(&p("never/there")).await.unwrap(), Removed::AlreadyGone);
-        assert!(share.stat(&p("r")).await.unwrap().is_some(), "the parent stays");
+        assert!(matches!(
+            share.remove_tree(&p("r/a")).await.unwrap(),
+            Removed::Removed { .. }
+        ));
+        assert_eq!(
+            share.remove_tree(&p("r/a")).await.unwrap(),
+            Removed::AlreadyGone
+        );
+        assert_eq!(
+            share.remove_tree(&p("never/there")).await.unwrap(),
+            Removed::AlreadyGone
+        );
+        assert!(
+            share.stat(&p("r")).await.unwrap().is_some(),
+            "the parent stays"
+        );
 
         share.create_dir(&p("r/b"), attrs).await.unwrap();
-        assert_eq!(share.rename(&p("r/b"), &p("r/archived-b")).await.unwrap(), Renamed::Renamed);
-        assert_eq!(share.rename(&p("r/b"), &p("r/archived-b")).await.unwrap(), Renamed::AlreadyDone);
-        assert_eq!(share.rename(&p("r/c"), &p("r/archived-c")).await.unwrap(), Renamed::SourceMissing);
+        assert_eq!(
+            share.rename(&p("r/b"), &p("r/archived-b")).await.unwrap(),
+            Renamed::Done
+        );
+        assert_eq!(
+            share.rename(&p("r/b"), &p("r/archived-b")).await.unwrap(),
+            Renamed::AlreadyDone
+        );
+        assert_eq!(
+            share.rename(&p("r/c"), &p("r/archived-c")).await.unwrap(),
+            Renamed::SourceMissing
+        );
         share.create_dir(&p("r/b"), attrs).await.unwrap();
         assert!(matches!(
             share.rename(&p("r/b"), &p("r/archived-b")).await,
             Err(BackendError::TargetExists { .. })
         ));
-        assert!(share.stat(&p("r/b")).await.unwrap().is_some(), "a refused rename leaves the source");
+        assert!(
+            share.stat(&p("r/b")).await.unwrap().is_some(),
+            "a refused rename leaves the source"
+        );
     }
 
     /// `disk` is where the share's files are on this machine, to plant what a hostile or
@@ -293,27 +379,52 @@ pub mod conformance {
         fs::create_dir(vol.join("many")).unwrap();
         // Enough names to need several READDIRPLUS pages.
         for i in 0..700 {
-            fs::write(vol.join(format!("many/file-with-a-longish-name-{i:04}")), b"y").unwrap();
+            fs::write(
+                vol.join(format!("many/file-with-a-longish-name-{i:04}")),
+                b"y",
+            )
+            .unwrap();
         }
         std::os::unix::fs::symlink(outside.path(), vol.join("link-out")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("precious"), vol.join("a/file-link")).unwrap();
-        fs::write(vol.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name")), b"z").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("precious"), vol.join("a/file-link"))
+            .unwrap();
+        fs::write(
+            vol.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name")),
+            b"z",
+        )
+        .unwrap();
 
         let removed = share.remove_tree(&p("vol")).await.unwrap();
-        assert!(matches!(removed, Removed::Removed { entries } if entries >= 700), "{removed:?}");
+        assert!(
+            matches!(removed, Removed::Removed { entries } if entries >= 700),
+            "{removed:?}"
+        );
         assert!(!vol.exists());
         assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"keep");
 
         // A symlink planted as a parent must not redirect creation or removal.
         std::os::unix::fs::symlink(outside.path(), disk.join("evil")).unwrap();
-        let attrs = DirAttrs { mode: 0o777, uid: None, gid: None };
-        assert!(matches!(share.create_dir(&p("evil/x"), attrs).await, Err(BackendError::Symlink { .. })));
+        let attrs = DirAttrs {
+            mode: 0o777,
+            uid: None,
+            gid: None,
+        };
+        assert!(matches!(
+            share.create_dir(&p("evil/x"), attrs).await,
+            Err(BackendError::Symlink { .. })
+        ));
         assert!(!outside.path().join("x").exists());
         fs::create_dir(outside.path().join("y")).unwrap();
-        assert!(matches!(share.remove_tree(&p("evil/y")).await, Err(BackendError::Symlink { .. })));
+        assert!(matches!(
+            share.remove_tree(&p("evil/y")).await,
+            Err(BackendError::Symlink { .. })
+        ));
         assert!(outside.path().join("y").exists());
         // A symlink as the volume itself is removed as an entry, its target kept.
-        assert_eq!(share.remove_tree(&p("evil")).await.unwrap(), Removed::Removed { entries: 1 });
+        assert_eq!(
+            share.remove_tree(&p("evil")).await.unwrap(),
+            Removed::Removed { entries: 1 }
+        );
         assert!(outside.path().join("y").exists());
     }
 

@@ -24,16 +24,22 @@ impl MountedShare {
         f: impl FnOnce(&Path) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || f(&root)).await.map_err(|e| BackendError::Io {
-            op: "run",
-            path: String::new(),
-            source: std::io::Error::other(e),
-        })?
+        tokio::task::spawn_blocking(move || f(&root))
+            .await
+            .map_err(|e| BackendError::Io {
+                op: "run",
+                path: String::new(),
+                source: std::io::Error::other(e),
+            })?
     }
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
-    move |source| BackendError::Io { op, path: path.display().to_string(), source }
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackendError + 'a {
+    move |source| BackendError::Io {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn kind_of(ft: fs::FileType) -> Kind {
@@ -81,7 +87,12 @@ fn require_dir(m: &fs::Metadata, path: &Path) -> Result<(), BackendError> {
     }
 }
 
-fn set_attrs(path: &Path, mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), BackendError> {
+fn set_attrs(
+    path: &Path,
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), BackendError> {
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::lchown(path, uid, gid).map_err(io("chown", path))?;
     }
@@ -161,18 +172,22 @@ impl Share for MountedShare {
     async fn rename(&self, from: &RelPath, to: &RelPath) -> Result<Renamed, BackendError> {
         let (from, to) = (from.clone(), to.clone());
         self.blocking(move |root| {
-            let (Some(fp), Some(tp)) = (walk(root, from.parent_segments())?, walk(root, to.parent_segments())?)
-            else {
+            let (Some(fp), Some(tp)) = (
+                walk(root, from.parent_segments())?,
+                walk(root, to.parent_segments())?,
+            ) else {
                 return Ok(Renamed::SourceMissing);
             };
             let (src, dst) = (fp.join(from.leaf()), tp.join(to.leaf()));
             match (lstat(&src)?, lstat(&dst)?) {
                 (None, Some(_)) => Ok(Renamed::AlreadyDone),
                 (None, None) => Ok(Renamed::SourceMissing),
-                (Some(_), Some(_)) => Err(BackendError::TargetExists { path: to.to_string() }),
+                (Some(_), Some(_)) => Err(BackendError::TargetExists {
+                    path: to.to_string(),
+                }),
                 (Some(_), None) => {
                     fs::rename(&src, &dst).map_err(io("rename", &src))?;
-                    Ok(Renamed::Renamed)
+                    Ok(Renamed::Done)
                 }
             }
         })
@@ -207,13 +222,16 @@ impl Share for MountedShare {
                 },
             };
             let rd = fs::read_dir(&at).map_err(io("list", &at))?;
-            Ok(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            Ok(rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect())
         })
         .await
     }
 
     async fn space(&self) -> Result<Space, BackendError> {
-        self.blocking(|root| statvfs(root)).await
+        self.blocking(statvfs).await
     }
 }
 

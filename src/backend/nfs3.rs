@@ -11,9 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nfs3_client::nfs3_types::nfs3::{
-    self, FSSTAT3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READDIRPLUS3args,
-    REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfsstat3,
-    sattr3,
+    self, FSSTAT3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
+    READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, diropargs3, fattr3,
+    filename3, ftype3, nfs_fh3, nfsstat3, sattr3,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::tokio::{TokioConnector, TokioIo};
@@ -21,7 +21,9 @@ use nfs3_client::{Nfs3Client, Nfs3ConnectionBuilder, RpcError};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target};
+use super::{
+    BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
+};
 use crate::metrics;
 use crate::path::RelPath;
 
@@ -74,31 +76,51 @@ pub struct Nfs3Share {
 impl Nfs3Share {
     pub fn new(target: Target, opts: Nfs3Options) -> Self {
         let permits = std::sync::Arc::new(Semaphore::new(opts.max_connections.max(1)));
-        Self { target, opts, idle: Mutex::new(Vec::new()), permits }
+        Self {
+            target,
+            opts,
+            idle: Mutex::new(Vec::new()),
+            permits,
+        }
     }
 
     async fn session(&self) -> Result<Session<'_>, BackendError> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| BackendError::Rpc {
-            op: "connect",
-            server: self.target.server.clone(),
-            reason: "connection pool closed".into(),
-        })?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BackendError::Rpc {
+                op: "connect",
+                server: self.target.server.clone(),
+                reason: "connection pool closed".into(),
+            })?;
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
             None => self.connect().await?,
         };
-        Ok(Session { share: self, conn: Some(conn), broken: false, _permit: permit })
+        Ok(Session {
+            share: self,
+            conn: Some(conn),
+            broken: false,
+            _permit: permit,
+        })
     }
 
     async fn connect(&self) -> Result<Conn, BackendError> {
         let server = &self.target.server;
         let ip = resolve(server, self.opts.timeout).await?;
-        let cred = auth_unix { uid: self.opts.uid, gid: self.opts.gid, ..Default::default() };
-        let mut builder = Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), &self.target.share)
-            .credential(opaque_auth::auth_unix(&cred))
-            .connect_from_privileged_port(self.opts.privileged_port)
-            .portmapper_port(self.opts.portmapper_port);
+        let cred = auth_unix {
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            ..Default::default()
+        };
+        let mut builder =
+            Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), &self.target.share)
+                .credential(opaque_auth::auth_unix(&cred))
+                .connect_from_privileged_port(self.opts.privileged_port)
+                .portmapper_port(self.opts.portmapper_port);
         if let Some(p) = self.target.port {
             builder = builder.nfs3_port(p);
         }
@@ -118,12 +140,19 @@ impl Nfs3Share {
                 });
             }
             Err(_) => {
-                return Err(BackendError::Timeout { op: "MOUNT", server: server.clone(), after: self.opts.timeout });
+                return Err(BackendError::Timeout {
+                    op: "MOUNT",
+                    server: server.clone(),
+                    after: self.opts.timeout,
+                });
             }
         };
         let root = conn.root_nfs_fh3();
         // The mount connection is only needed for MNT; keep just the NFS one open.
-        Ok(Conn { client: conn.into_nfs3_client(), root })
+        Ok(Conn {
+            client: conn.into_nfs3_client(),
+            root,
+        })
     }
 }
 
@@ -134,7 +163,10 @@ async fn resolve(host: &str, timeout: Duration) -> Result<IpAddr, BackendError> 
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(ip);
     }
-    let err = |reason: String| BackendError::Resolve { host: host.to_string(), reason };
+    let err = |reason: String| BackendError::Resolve {
+        host: host.to_string(),
+        reason,
+    };
     let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((bare, 0)))
         .await
         .map_err(|_| err(format!("no answer within {timeout:?}")))?
@@ -175,7 +207,11 @@ impl Drop for Session<'_> {
         if let Some(conn) = self.conn.take()
             && !self.broken
         {
-            self.share.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.share
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
         }
     }
 }
@@ -186,18 +222,29 @@ macro_rules! rpc {
     ($s:expr, $op:literal, $method:ident, $args:expr) => {{
         let timeout = $s.share.opts.timeout;
         let start = Instant::now();
-        let conn = $s.conn.as_mut().expect("session holds a connection until dropped");
+        let conn = $s
+            .conn
+            .as_mut()
+            .expect("session holds a connection until dropped");
         let result = tokio::time::timeout(timeout, conn.client.$method($args)).await;
         metrics::nfs_call($op, start.elapsed(), matches!(result, Ok(Ok(_))));
         match result {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 $s.broken |= !RpcError::is_connection_reusable(&e);
-                Err(BackendError::Rpc { op: $op, server: $s.share.target.server.clone(), reason: e.to_string() })
+                Err(BackendError::Rpc {
+                    op: $op,
+                    server: $s.share.target.server.clone(),
+                    reason: e.to_string(),
+                })
             }
             Err(_) => {
                 $s.broken = true;
-                Err(BackendError::Timeout { op: $op, server: $s.share.target.server.clone(), after: timeout })
+                Err(BackendError::Timeout {
+                    op: $op,
+                    server: $s.share.target.server.clone(),
+                    after: timeout,
+                })
             }
         }
     }};
@@ -208,7 +255,11 @@ fn name(s: &[u8]) -> filename3<'static> {
 }
 
 fn status(op: &'static str, path: impl Into<String>, stat: nfsstat3) -> BackendError {
-    BackendError::Status { op, path: path.into(), status: format!("{stat:?}") }
+    BackendError::Status {
+        op,
+        path: path.into(),
+        status: format!("{stat:?}"),
+    }
 }
 
 fn kind_of(t: ftype3) -> Kind {
@@ -221,7 +272,13 @@ fn kind_of(t: ftype3) -> Kind {
 }
 
 fn stat_of(a: &fattr3) -> Stat {
-    Stat { kind: kind_of(a.type_), mode: a.mode, uid: a.uid, gid: a.gid, mtime: i64::from(a.mtime.seconds) }
+    Stat {
+        kind: kind_of(a.type_),
+        mode: a.mode,
+        uid: a.uid,
+        gid: a.gid,
+        mtime: i64::from(a.mtime.seconds),
+    }
 }
 
 fn sattr(mode: u32, uid: Option<u32>, gid: Option<u32>) -> sattr3 {
@@ -235,19 +292,37 @@ fn sattr(mode: u32, uid: Option<u32>, gid: Option<u32>) -> sattr3 {
 
 impl Session<'_> {
     fn root(&self) -> nfs_fh3 {
-        self.conn.as_ref().map(|c| c.root.clone()).unwrap_or_default()
+        self.conn
+            .as_ref()
+            .map(|c| c.root.clone())
+            .unwrap_or_default()
     }
 
     async fn getattr(&mut self, fh: &nfs_fh3, path: &str) -> Result<fattr3, BackendError> {
-        match rpc!(self, "GETATTR", getattr, &GETATTR3args { object: fh.clone() })? {
+        match rpc!(
+            self,
+            "GETATTR",
+            getattr,
+            &GETATTR3args { object: fh.clone() }
+        )? {
             Nfs3Result::Ok(ok) => Ok(ok.obj_attributes),
             Nfs3Result::Err((stat, _)) => Err(status("GETATTR", path, stat)),
         }
     }
 
     /// Looks up one name; `None` when it does not exist.
-    async fn lookup(&mut self, dir: &nfs_fh3, entry: &[u8], path: &str) -> Result<Option<(nfs_fh3, fattr3)>, BackendError> {
-        let args = LOOKUP3args { what: diropargs3 { dir: dir.clone(), name: name(entry) } };
+    async fn lookup(
+        &mut self,
+        dir: &nfs_fh3,
+        entry: &[u8],
+        path: &str,
+    ) -> Result<Option<(nfs_fh3, fattr3)>, BackendError> {
+        let args = LOOKUP3args {
+            what: diropargs3 {
+                dir: dir.clone(),
+                name: name(entry),
+            },
+        };
         match rpc!(self, "LOOKUP", lookup, &args)? {
             Nfs3Result::Ok(ok) => {
                 let attrs = match ok.obj_attributes {
@@ -277,9 +352,18 @@ impl Session<'_> {
         Ok(Some(fh))
     }
 
-    async fn mkdir(&mut self, dir: &nfs_fh3, entry: &str, mode: u32, path: &str) -> Result<nfs_fh3, BackendError> {
+    async fn mkdir(
+        &mut self,
+        dir: &nfs_fh3,
+        entry: &str,
+        mode: u32,
+        path: &str,
+    ) -> Result<nfs_fh3, BackendError> {
         let args = MKDIR3args {
-            where_: diropargs3 { dir: dir.clone(), name: name(entry.as_bytes()) },
+            where_: diropargs3 {
+                dir: dir.clone(),
+                name: name(entry.as_bytes()),
+            },
             attributes: sattr(mode, None, None),
         };
         match rpc!(self, "MKDIR", mkdir, &args)? {
@@ -288,12 +372,19 @@ impl Session<'_> {
                 Nfs3Option::None => self.existing_dir(dir, entry, path).await,
             },
             // Another replica or an earlier attempt got there first.
-            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => self.existing_dir(dir, entry, path).await,
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {
+                self.existing_dir(dir, entry, path).await
+            }
             Nfs3Result::Err((stat, _)) => Err(status("MKDIR", path, stat)),
         }
     }
 
-    async fn existing_dir(&mut self, dir: &nfs_fh3, entry: &str, path: &str) -> Result<nfs_fh3, BackendError> {
+    async fn existing_dir(
+        &mut self,
+        dir: &nfs_fh3,
+        entry: &str,
+        path: &str,
+    ) -> Result<nfs_fh3, BackendError> {
         let (fh, attrs) = self
             .lookup(dir, entry.as_bytes(), path)
             .await?
@@ -302,8 +393,17 @@ impl Session<'_> {
         Ok(fh)
     }
 
-    async fn setattr(&mut self, fh: &nfs_fh3, attrs: sattr3, path: &str) -> Result<(), BackendError> {
-        let args = SETATTR3args { object: fh.clone(), new_attributes: attrs, guard: Nfs3Option::None };
+    async fn setattr(
+        &mut self,
+        fh: &nfs_fh3,
+        attrs: sattr3,
+        path: &str,
+    ) -> Result<(), BackendError> {
+        let args = SETATTR3args {
+            object: fh.clone(),
+            new_attributes: attrs,
+            guard: Nfs3Option::None,
+        };
         match rpc!(self, "SETATTR", setattr, &args)? {
             Nfs3Result::Ok(_) => Ok(()),
             Nfs3Result::Err((stat, _)) => Err(status("SETATTR", path, stat)),
@@ -346,14 +446,28 @@ impl Session<'_> {
                     // Names stay bytes: one that is not UTF-8 must still be removable.
                     out.push(Entry { name: n, fh, attrs });
                 }
-                Ok(Page { entries: out, last_cookie: last, verf: ok.cookieverf, eof: ok.reply.eof })
+                Ok(Page {
+                    entries: out,
+                    last_cookie: last,
+                    verf: ok.cookieverf,
+                    eof: ok.reply.eof,
+                })
             }
             Nfs3Result::Err((stat, _)) => Err(status("READDIRPLUS", path, stat)),
         }
     }
 
-    async fn remove(&mut self, dir: &nfs_fh3, entry: &[u8], is_dir: bool, path: &str) -> Result<(), BackendError> {
-        let what = diropargs3 { dir: dir.clone(), name: name(entry) };
+    async fn remove(
+        &mut self,
+        dir: &nfs_fh3,
+        entry: &[u8],
+        is_dir: bool,
+        path: &str,
+    ) -> Result<(), BackendError> {
+        let what = diropargs3 {
+            dir: dir.clone(),
+            name: name(entry),
+        };
         let res = if is_dir {
             rpc!(self, "RMDIR", rmdir, &RMDIR3args { object: what })?.map_status()
         } else {
@@ -376,17 +490,24 @@ impl Session<'_> {
             removed: HashSet<Vec<u8>>,
         }
         let mut removed_total = 0u64;
-        let mut stack =
-            vec![Frame { fh: top, name: Vec::new(), path: top_path.to_string(), removed: HashSet::new() }];
+        let mut stack = vec![Frame {
+            fh: top,
+            name: Vec::new(),
+            path: top_path.to_string(),
+            removed: HashSet::new(),
+        }];
         while let Some(frame) = stack.last() {
             let (dir_fh, dir_path) = (frame.fh.clone(), frame.path.clone());
-            let page = self.read_page(&dir_fh, 0, nfs3::cookieverf3::default(), &dir_path).await?;
+            let page = self
+                .read_page(&dir_fh, 0, nfs3::cookieverf3::default(), &dir_path)
+                .await?;
             if page.entries.is_empty() {
                 let done = stack.pop().expect("the loop holds a frame");
                 if let Some(parent) = stack.last_mut() {
                     let parent_fh = parent.fh.clone();
                     parent.removed.insert(done.name.clone());
-                    self.remove(&parent_fh, &done.name, true, &done.path).await?;
+                    self.remove(&parent_fh, &done.name, true, &done.path)
+                        .await?;
                     removed_total += 1;
                 }
                 continue;
@@ -395,7 +516,12 @@ impl Session<'_> {
                 return Err(BackendError::NoProgress { path: dir_path });
             }
             let mut descend = None;
-            for Entry { name: entry, fh, attrs } in page.entries {
+            for Entry {
+                name: entry,
+                fh,
+                attrs,
+            } in page.entries
+            {
                 let child_path = format!("{dir_path}/{}", String::from_utf8_lossy(&entry));
                 let (fh, attrs) = match (fh, attrs) {
                     (Some(fh), Some(a)) => (fh, a),
@@ -406,7 +532,12 @@ impl Session<'_> {
                     },
                 };
                 if attrs.type_ == ftype3::NF3DIR {
-                    descend = Some(Frame { fh, name: entry, path: child_path, removed: HashSet::new() });
+                    descend = Some(Frame {
+                        fh,
+                        name: entry,
+                        path: child_path,
+                        removed: HashSet::new(),
+                    });
                     break;
                 }
                 // Files, symlinks and the rest go by name: a symlink is never followed.
@@ -425,8 +556,12 @@ impl Session<'_> {
 fn require_dir(attrs: &fattr3, path: &str) -> Result<(), BackendError> {
     match attrs.type_ {
         ftype3::NF3DIR => Ok(()),
-        ftype3::NF3LNK => Err(BackendError::Symlink { path: path.to_string() }),
-        _ => Err(BackendError::NotADirectory { path: path.to_string() }),
+        ftype3::NF3LNK => Err(BackendError::Symlink {
+            path: path.to_string(),
+        }),
+        _ => Err(BackendError::NotADirectory {
+            path: path.to_string(),
+        }),
     }
 }
 
@@ -461,13 +596,19 @@ impl Share for Nfs3Share {
                 None => {
                     // A server umask may narrow the mode given to MKDIR; set it as meant.
                     let parent = s.mkdir(&fh, seg, PARENT_MODE, &path).await?;
-                    s.setattr(&parent, sattr(PARENT_MODE, None, None), &path).await?;
+                    s.setattr(&parent, sattr(PARENT_MODE, None, None), &path)
+                        .await?;
                     parent
                 }
             };
         }
         // Applied to an existing leaf too: a retry must end where a first attempt would.
-        s.setattr(&fh, sattr(attrs.mode, attrs.uid, attrs.gid), &dir.to_string()).await?;
+        s.setattr(
+            &fh,
+            sattr(attrs.mode, attrs.uid, attrs.gid),
+            &dir.to_string(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -482,12 +623,16 @@ impl Share for Nfs3Share {
         };
         if attrs.type_ != ftype3::NF3DIR {
             // A file or symlink where the volume was: remove the entry itself, never its target.
-            s.remove(&parent, dir.leaf().as_bytes(), false, &path).await?;
+            s.remove(&parent, dir.leaf().as_bytes(), false, &path)
+                .await?;
             return Ok(Removed::Removed { entries: 1 });
         }
         let entries = s.empty_dir(fh, &path).await?;
-        s.remove(&parent, dir.leaf().as_bytes(), true, &path).await?;
-        Ok(Removed::Removed { entries: entries + 1 })
+        s.remove(&parent, dir.leaf().as_bytes(), true, &path)
+            .await?;
+        Ok(Removed::Removed {
+            entries: entries + 1,
+        })
     }
 
     async fn rename(&self, from: &RelPath, to: &RelPath) -> Result<Renamed, BackendError> {
@@ -498,7 +643,9 @@ impl Share for Nfs3Share {
             return Ok(Renamed::SourceMissing);
         };
         let (from_path, to_path) = (from.to_string(), to.to_string());
-        let source = s.lookup(&from_parent, from.leaf().as_bytes(), &from_path).await?;
+        let source = s
+            .lookup(&from_parent, from.leaf().as_bytes(), &from_path)
+            .await?;
         let target = s.lookup(&to_parent, to.leaf().as_bytes(), &to_path).await?;
         match (source, target) {
             (None, Some(_)) => return Ok(Renamed::AlreadyDone),
@@ -508,11 +655,17 @@ impl Share for Nfs3Share {
             (Some(_), None) => {}
         }
         let args = RENAME3args {
-            from: diropargs3 { dir: from_parent, name: name(from.leaf().as_bytes()) },
-            to: diropargs3 { dir: to_parent, name: name(to.leaf().as_bytes()) },
+            from: diropargs3 {
+                dir: from_parent,
+                name: name(from.leaf().as_bytes()),
+            },
+            to: diropargs3 {
+                dir: to_parent,
+                name: name(to.leaf().as_bytes()),
+            },
         };
         match rpc!(s, "RENAME", rename, &args)?.map_status() {
-            None => Ok(Renamed::Renamed),
+            None => Ok(Renamed::Done),
             Some(stat) => Err(status("RENAME", from_path, stat)),
         }
     }
@@ -522,7 +675,9 @@ impl Share for Nfs3Share {
         let Some(parent) = s.walk(path.parent_segments()).await? else {
             return Ok(None);
         };
-        Ok(s.lookup(&parent, path.leaf().as_bytes(), &path.to_string()).await?.map(|(_, a)| stat_of(&a)))
+        Ok(s.lookup(&parent, path.leaf().as_bytes(), &path.to_string())
+            .await?
+            .map(|(_, a)| stat_of(&a)))
     }
 
     async fn list(&self, dir: Option<&RelPath>) -> Result<Vec<String>, BackendError> {
@@ -538,7 +693,11 @@ impl Share for Nfs3Share {
         let (mut cookie, mut verf) = (0, nfs3::cookieverf3::default());
         loop {
             let page = s.read_page(&fh, cookie, verf, &path).await?;
-            names.extend(page.entries.into_iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()));
+            names.extend(
+                page.entries
+                    .into_iter()
+                    .map(|e| String::from_utf8_lossy(&e.name).into_owned()),
+            );
             if page.eof || page.last_cookie == cookie {
                 break;
             }
@@ -551,7 +710,11 @@ impl Share for Nfs3Share {
         let mut s = self.session().await?;
         let root = s.root();
         match rpc!(s, "FSSTAT", fsstat, &FSSTAT3args { fsroot: root })? {
-            Nfs3Result::Ok(ok) => Ok(Space { total_bytes: ok.tbytes, free_bytes: ok.fbytes, avail_bytes: ok.abytes }),
+            Nfs3Result::Ok(ok) => Ok(Space {
+                total_bytes: ok.tbytes,
+                free_bytes: ok.fbytes,
+                avail_bytes: ok.abytes,
+            }),
             Nfs3Result::Err((stat, _)) => Err(status("FSSTAT", "/", stat)),
         }
     }

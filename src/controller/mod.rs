@@ -66,7 +66,13 @@ impl Context {
         }
     }
 
-    async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+    async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -81,7 +87,10 @@ impl Context {
     }
 
     fn succeeded(&self, uid: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 
     /// 1 s, 2 s, 4 s ... capped at 5 minutes, per object: a claim keeps being retried,
@@ -114,17 +123,22 @@ fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-fn cached<K>(api: Api<K>) -> (Store<K>, impl Stream<Item = Result<Arc<K>, watcher::Error>>)
+fn cached<K>(api: Api<K>) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(strip)
         .reflect(writer)
-        .applied_objects()
-        .map(|r| r.map(Arc::new));
+        .applied_objects();
     (reader, stream)
 }
 
@@ -163,9 +177,18 @@ pub async fn run(
 
     let (c1, v1, k1) = (classes.clone(), volumes.clone(), claims.clone());
     let readiness = tokio::spawn(async move {
-        let (a, b, c) = tokio::join!(c1.wait_until_ready(), v1.wait_until_ready(), k1.wait_until_ready());
+        let (a, b, c) = tokio::join!(
+            c1.wait_until_ready(),
+            v1.wait_until_ready(),
+            k1.wait_until_ready()
+        );
         if a.is_ok() && b.is_ok() && c.is_ok() {
-            info!(classes = c1.state().len(), volumes = v1.state().len(), claims = k1.state().len(), "caches synced");
+            info!(
+                classes = c1.state().len(),
+                volumes = v1.state().len(),
+                claims = k1.state().len(),
+                "caches synced"
+            );
             ready.set_synced(true);
         }
     });

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::Api;
 use tracing::{debug, info, instrument};
 
 use super::{Context, Error, name_of, uid_of};
@@ -17,7 +17,10 @@ use crate::metrics;
 use crate::plan::{self, ClaimDecision};
 
 #[instrument(skip_all, fields(claim = %name_of(pvc.as_ref())))]
-pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    pvc: Arc<PersistentVolumeClaim>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let class = plan::class_name(&pvc).and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
     match plan::decide_claim(&pvc, class.as_deref(), &ctx.provisioner) {
         ClaimDecision::Skip(why) | ClaimDecision::Wait(why) => {
@@ -26,7 +29,13 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Re
         }
         ClaimDecision::Refuse(err) => {
             // Only a change to the claim can fix this; its watch event brings it back.
-            ctx.publish(pvc.as_ref(), EventType::Warning, "ProvisioningFailed", err.to_string()).await;
+            ctx.publish(
+                pvc.as_ref(),
+                EventType::Warning,
+                "ProvisioningFailed",
+                err.to_string(),
+            )
+            .await;
             metrics::provisioned(Default::default(), false);
             Ok(Action::await_change())
         }
@@ -57,7 +66,8 @@ async fn provision(
         Err(e) => {
             // Bad class parameters or a hostile template: nothing is touched. A change to
             // the claim or the class brings it back.
-            ctx.publish(pvc, EventType::Warning, "ProvisioningFailed", e.to_string()).await;
+            ctx.publish(pvc, EventType::Warning, "ProvisioningFailed", e.to_string())
+                .await;
             metrics::provisioned(started.elapsed(), false);
             return Ok(Action::await_change());
         }
@@ -66,7 +76,10 @@ async fn provision(
         pvc,
         EventType::Normal,
         "Provisioning",
-        format!("External provisioner is provisioning volume for claim \"{}\"", name_of(pvc)),
+        format!(
+            "External provisioner is provisioning volume for claim \"{}\"",
+            name_of(pvc)
+        ),
     )
     .await;
 
@@ -94,7 +107,10 @@ async fn provision(
                 pvc,
                 EventType::Warning,
                 "ProvisioningFailed",
-                format!("failed to provision volume with StorageClass {:?}: {e}; will retry", class.metadata.name.as_deref().unwrap_or("")),
+                format!(
+                    "failed to provision volume with StorageClass {:?}: {e}; will retry",
+                    class.metadata.name.as_deref().unwrap_or("")
+                ),
             )
             .await;
             Err(e)
@@ -102,12 +118,28 @@ async fn provision(
     }
 }
 
-async fn create(pvc: &PersistentVolumeClaim, volume: &plan::VolumePlan, ctx: &Context) -> Result<(), Error> {
+async fn create(
+    pvc: &PersistentVolumeClaim,
+    volume: &plan::VolumePlan,
+    ctx: &Context,
+) -> Result<(), Error> {
     let p = &volume.params;
-    let target = Target { server: p.server.clone(), share: p.share.clone(), port: p.port, mount_port: p.mount_port };
+    let target = Target {
+        server: p.server.clone(),
+        share: p.share.clone(),
+        port: p.port,
+        mount_port: p.mount_port,
+    };
     let share = ctx.shares.get(&target)?;
     share
-        .create_dir(&volume.directory, DirAttrs { mode: p.mode, uid: p.uid, gid: p.gid })
+        .create_dir(
+            &volume.directory,
+            DirAttrs {
+                mode: p.mode,
+                uid: p.uid,
+                gid: p.gid,
+            },
+        )
         .await?;
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api.create(&PostParams::default(), &volume.pv).await {

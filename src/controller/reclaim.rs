@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::Api;
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
@@ -75,7 +75,10 @@ async fn claim_still_exists(pv: &PersistentVolume, ctx: &Context) -> Result<bool
         Some(claim) => {
             let same = claim.metadata.uid.is_some() && claim.metadata.uid == cref.uid;
             if same {
-                warn!(claim = format!("{ns}/{name}"), "volume is Released but its claim still exists; waiting");
+                warn!(
+                    claim = format!("{ns}/{name}"),
+                    "volume is Released but its claim still exists; waiting"
+                );
             }
             Ok(same)
         }
@@ -93,7 +96,8 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
         Ok(r) => r,
         Err(e) => {
             let msg = format!("refusing to reclaim: {e}; the data was left in place");
-            ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", msg.clone()).await;
+            ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", msg.clone())
+                .await;
             metrics::deleted("refused", started.elapsed(), false);
             return Err(Error::Refused(msg));
         }
@@ -107,8 +111,13 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
             Ok(())
         }
         Err(e) => {
-            ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", format!("{action} of {}: {e}", rec.directory))
-                .await;
+            ctx.publish(
+                pv,
+                EventType::Warning,
+                "VolumeFailedDelete",
+                format!("{action} of {}: {e}", rec.directory),
+            )
+            .await;
             Err(e)
         }
     }
@@ -119,7 +128,11 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
         return Ok("retained");
     }
     let full = plan::join_share(&rec.share, &rec.directory);
-    let sharing = plan::sharing_pvs(pv_name, &full, ctx.volumes.state().iter().map(AsRef::as_ref));
+    let sharing = plan::sharing_pvs(
+        pv_name,
+        &full,
+        ctx.volumes.state().iter().map(AsRef::as_ref),
+    );
     if !sharing.is_empty() {
         return Err(Error::Refused(format!(
             "directory {full} is also used by PersistentVolume(s) {}; leaving it in place",
@@ -142,7 +155,7 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
             let to = plan::archive_target(&rec.directory, pv_name)
                 .map_err(|e| Error::Refused(format!("cannot name the archive: {e}")))?;
             match share.rename(&rec.directory, &to).await? {
-                Renamed::Renamed => "archived",
+                Renamed::Done => "archived",
                 Renamed::AlreadyDone => "already archived",
                 Renamed::SourceMissing => "nothing to archive",
             }
@@ -163,7 +176,10 @@ async fn release_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<(), E
         "metadata": { "finalizers": kept, "resourceVersion": pv.metadata.resource_version }
     });
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match api.patch(&name_of(pv), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(&name_of(pv), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
