@@ -1,26 +1,11 @@
-//! nfs3-provisioner: a Kubernetes dynamic provisioner that creates a directory per claim
-//! on an NFS export, speaking NFSv3 from user space.
-//!
-//! `run` ([`run`]) watches claims and volumes; the work itself is in
-//! [`controller::provision`] and [`controller::reclaim`], with the decisions in [`plan`].
+//! Entry point: parse the command line, set up logs, hand over to a command.
 #![forbid(unsafe_code)]
-
-mod backend;
-mod check;
-mod config;
-mod controller;
-mod http;
-mod leader;
-mod metrics;
-mod params;
-mod path;
-mod plan;
-mod run;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use config::{Cli, Command, LogFormat};
+use nfs3_provisioner::config::{Cli, Command, LogFormat};
+use nfs3_provisioner::{check, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

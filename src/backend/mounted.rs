@@ -245,19 +245,3 @@ fn statvfs(path: &Path) -> Result<Space, BackendError> {
         avail_bytes: st.f_bavail * block,
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::conformance;
-
-    #[tokio::test]
-    async fn conformance_on_a_local_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let share = MountedShare::new(dir.path().to_path_buf());
-        conformance::create_is_idempotent_and_applies_attrs(&share).await;
-        conformance::remove_and_rename_are_idempotent(&share).await;
-        conformance::space_is_reported(&share).await;
-        conformance::removal_never_follows_symlinks(&share, dir.path()).await;
-    }
-}
