@@ -177,11 +177,7 @@ pub async fn run(
 
     let (c1, v1, k1) = (classes.clone(), volumes.clone(), claims.clone());
     let readiness = tokio::spawn(async move {
-        let (a, b, c) = tokio::join!(
-            c1.wait_until_ready(),
-            v1.wait_until_ready(),
-            k1.wait_until_ready()
-        );
+        let (a, b, c) = tokio::join!(synced(&c1), synced(&v1), synced(&k1));
         if a.is_ok() && b.is_ok() && c.is_ok() {
             info!(
                 classes = c1.state().len(),
@@ -204,6 +200,22 @@ pub async fn run(
     }
     readiness.abort();
     info!("controllers stopped");
+}
+
+/// Waits for a store's first full list. The controller waits on the same store, and a
+/// store wakes only one of several waiters (kube-runtime's DelayedInit keeps one waker),
+/// so this asks again every half second instead of relying on being woken.
+async fn synced<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(r) =
+            tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await
+        {
+            return r;
+        }
+    }
 }
 
 pub(crate) fn name_of<K: Resource>(obj: &K) -> String {

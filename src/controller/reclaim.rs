@@ -164,24 +164,36 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
     })
 }
 
-/// Removes our finalizer only. The resourceVersion makes it a compare-and-swap, so a
-/// concurrent change to the finalizers is never overwritten: a conflict is retried.
+/// Removes our finalizer only. The resourceVersion makes each patch a compare-and-swap,
+/// so a concurrent change to the finalizers (the PV protection controller removes its own
+/// at the same moment) is never overwritten: on a conflict, read again and retry.
 async fn release_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error> {
-    let current = pv.metadata.finalizers.clone().unwrap_or_default();
-    if !current.iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let kept: Vec<&String> = current.iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({
-        "metadata": { "finalizers": kept, "resourceVersion": pv.metadata.resource_version }
-    });
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match api
-        .patch(&name_of(pv), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+    let name = name_of(pv);
+    let mut current = pv.clone();
+    for _ in 0..5 {
+        let finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({
+            "metadata": { "finalizers": kept, "resourceVersion": current.metadata.resource_version }
+        });
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(fresh) => current = fresh,
+                None => return Ok(()),
+            },
+            Err(e) => return Err(e.into()),
+        }
     }
+    Err(Error::Refused(format!(
+        "finalizer of {name} kept changing under us; will retry"
+    )))
 }

@@ -2,6 +2,7 @@
 //! the real control plane, both started by the scripts in `tests/e2e/`.
 #![allow(dead_code)] // each test crate uses its own part of this module
 
+pub mod cluster;
 pub mod conformance;
 
 use std::path::{Path, PathBuf};

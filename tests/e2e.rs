@@ -1,0 +1,977 @@
+//! End to end: the real provisioner binary, run with the rights of the ServiceAccount in
+//! deploy/, against a real kube-apiserver and kube-controller-manager (tests/e2e/cluster.sh)
+//! and a real NFS server (nfs-ganesha, tests/e2e/nfs.sh). Every scenario asserts on the
+//! API objects and on the exported directory on disk.
+//!
+//! Scenarios run in parallel, each with its own provisioner name, StorageClasses and
+//! namespace, so they never act on each other's claims. The NFS outage scenario stops the
+//! shared server, so it runs alone (`EXCLUSIVE`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::RwLock;
+
+static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
+
+fn provisioner_name(label: &str) -> String {
+    format!("{}.e2e.nfs3-provisioner.io/nfs", common::unique(label))
+}
+
+/// Where a PV's directory is on this machine: exports are local directories.
+fn on_disk(pv: &PersistentVolume) -> PathBuf {
+    PathBuf::from(nfs_path(pv))
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0)
+}
+
+fn export1() -> String {
+    common::nfs().export1.to_string_lossy().into_owned()
+}
+
+fn export2() -> String {
+    common::nfs().export2.to_string_lossy().into_owned()
+}
+
+/// Every path below `root` (depth-first, up to `depth` levels) whose name contains `needle`.
+fn find_named(root: &Path, needle: &str, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().contains(needle) {
+            found.push(p.clone());
+        }
+        if depth > 1 && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            found.extend(find_named(&p, needle, depth - 1));
+        }
+    }
+    found
+}
+
+/// The examples users apply, made private to this test: class names get a prefix, the
+/// provisioner name and namespace are the test's own, and pods are left out (no kubelet
+/// runs here). Returns the classes and claims as the API server accepted them.
+async fn apply_examples(
+    client: &kube::Client,
+    ns: &str,
+    provisioner: &str,
+) -> (Vec<StorageClass>, Vec<PersistentVolumeClaim>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("storageclass-examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "expected the 10 examples, found {files:?}"
+    );
+    let prefix = format!("{ns}-");
+    let (mut classes, mut claims) = (Vec::new(), Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read example");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).expect("example YAML parses");
+            let mut v: serde_json::Value = serde_json::to_value(&value).expect("YAML to JSON");
+            match v["kind"].as_str() {
+                Some("StorageClass") => {
+                    let name = format!("{prefix}{}", v["metadata"]["name"].as_str().unwrap_or(""));
+                    v["metadata"]["name"] = json!(name);
+                    assert_eq!(
+                        v["provisioner"],
+                        json!("nfs3-provisioner.io/nfs"),
+                        "{file:?}"
+                    );
+                    v["provisioner"] = json!(provisioner);
+                    let sc: StorageClass = serde_json::from_value(v).expect("class");
+                    let api = Api::<StorageClass>::all(client.clone());
+                    classes.push(
+                        api.create(&PostParams::default(), &sc)
+                            .await
+                            .expect("create example class"),
+                    );
+                }
+                Some("PersistentVolumeClaim") => {
+                    v["metadata"]["namespace"] = json!(ns);
+                    let class = format!(
+                        "{prefix}{}",
+                        v["spec"]["storageClassName"].as_str().unwrap_or("")
+                    );
+                    v["spec"]["storageClassName"] = json!(class);
+                    // The label feeds example 05's pathPattern: make its directory unique.
+                    if v["metadata"]["labels"]["team"].is_string() {
+                        v["metadata"]["labels"]["team"] = json!(ns);
+                    }
+                    claims.push((file.clone(), v));
+                }
+                Some("Pod") => {}
+                other => panic!("unexpected kind {other:?} in {file:?}"),
+            }
+        }
+    }
+    let mut created = Vec::new();
+    for (file, mut v) in claims {
+        let class = classes
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == v["spec"]["storageClassName"].as_str())
+            .unwrap_or_else(|| panic!("{file:?}: claim of a class not in the examples"));
+        if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") {
+            // No scheduler runs here: say which node was chosen, as it would.
+            v["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!("e2e-node");
+        }
+        let pvc: PersistentVolumeClaim = serde_json::from_value(v).expect("claim");
+        let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+        created.push(
+            api.create(&PostParams::default(), &pvc)
+                .await
+                .expect("create example claim"),
+        );
+    }
+    (classes, created)
+}
+
+fn pv_of<'a>(pvs: &'a [PersistentVolume], claim: &str) -> &'a PersistentVolume {
+    pvs.iter()
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.name.as_deref())
+                == Some(claim)
+        })
+        .unwrap_or_else(|| panic!("no PV for claim {claim}"))
+}
+
+async fn delete_claim(client: &kube::Client, ns: &str, name: &str) {
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete claim");
+}
+
+async fn pv_get(client: &kube::Client, name: &str) -> Option<PersistentVolume> {
+    Api::<PersistentVolume>::all(client.clone())
+        .get_opt(name)
+        .await
+        .expect("get PV")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("examples");
+    let p = Provisioner::start(&name, "examples", &[]);
+    let ns = namespace(&client, "examples").await;
+    let (classes, claims_made) = apply_examples(&client, &ns, &name).await;
+    let count = claims_made.len();
+    assert!(count >= 10, "one claim per example");
+
+    let bound = all_bound(&client, &ns, count, Duration::from_secs(60), &p).await;
+    let pvs = volumes_of(&client, &ns).await;
+    assert_eq!(pvs.len(), count, "one PV per claim");
+    for pvc in &bound {
+        let claim = pvc.metadata.name.as_deref().unwrap_or("");
+        let pv = pv_of(&pvs, claim);
+        let uid = pvc.metadata.uid.as_deref().unwrap_or("");
+        assert_eq!(
+            pv.metadata.name.as_deref(),
+            Some(format!("pvc-{uid}").as_str())
+        );
+        assert_eq!(
+            pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()),
+            pv.metadata.name.as_deref()
+        );
+        let ann = pv.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(ann.get("pv.kubernetes.io/provisioned-by"), Some(&name));
+        let finalizers = pv.metadata.finalizers.clone().unwrap_or_default();
+        assert!(
+            finalizers
+                .iter()
+                .any(|f| f == "external-provisioner.volume.kubernetes.io/finalizer"),
+            "{finalizers:?}"
+        );
+        let dir = on_disk(pv);
+        assert!(dir.is_dir(), "{claim}: {dir:?} exists on the export");
+        let spec = pv.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.capacity
+                .as_ref()
+                .and_then(|c| c.get("storage"))
+                .map(|q| q.0.as_str()),
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| q.0.as_str()),
+            "{claim}: capacity is the request"
+        );
+        assert_eq!(
+            spec.access_modes,
+            pvc.spec.as_ref().and_then(|s| s.access_modes.clone())
+        );
+    }
+
+    let dir_of = |claim: &str| on_disk(pv_of(&pvs, claim));
+    let pv_name = |claim: &str| pv_of(&pvs, claim).metadata.name.clone().unwrap_or_default();
+    // Default naming, as nfs-subdir-external-provisioner does it.
+    let d = dir_of("nfs3-default-delete-pvc");
+    assert_eq!(
+        d,
+        PathBuf::from(format!(
+            "{}/{ns}-nfs3-default-delete-pvc-{}",
+            export1(),
+            pv_name("nfs3-default-delete-pvc")
+        ))
+    );
+    assert_eq!(mode_of(&d), 0o777);
+    assert_eq!(
+        dir_of("nfs3-pattern-pvc"),
+        PathBuf::from(format!("{}/{ns}/nfs3-pattern-pvc", export1()))
+    );
+    assert_eq!(
+        dir_of("nfs3-metadata-pvc"),
+        PathBuf::from(format!("{}/{ns}/reports", export1()))
+    );
+    let owned = dir_of("nfs3-mode-uid-gid-pvc");
+    let md = std::fs::metadata(&owned).expect("stat");
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o750, 1000, 1000),
+        "mode/uid/gid applied"
+    );
+    assert!(
+        dir_of("nfs3-second-server-pvc").starts_with(export2()),
+        "second share"
+    );
+    assert_eq!(
+        dir_of("nfs3-subdir-pvc"),
+        PathBuf::from(format!("{}/{ns}/{}", export1(), pv_name("nfs3-subdir-pvc")))
+    );
+    let mo_class = classes
+        .iter()
+        .find(|c| c.mount_options.is_some())
+        .expect("a class with mountOptions");
+    let mo_pv = pvs
+        .iter()
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+                == mo_class.metadata.name.as_deref()
+        })
+        .expect("its PV");
+    assert_eq!(
+        mo_pv.spec.as_ref().and_then(|s| s.mount_options.clone()),
+        mo_class.mount_options.clone()
+    );
+
+    // Data a workload wrote, to see what each reclaim does with it.
+    for claim in [
+        "nfs3-default-delete-pvc",
+        "nfs3-retain-pvc",
+        "nfs3-archive-pvc",
+    ] {
+        std::fs::create_dir_all(dir_of(claim).join("sub")).expect("write into the volume");
+        std::fs::write(dir_of(claim).join("sub/hello.txt"), claim).expect("write into the volume");
+    }
+    for claim in [
+        "nfs3-default-delete-pvc",
+        "nfs3-retain-pvc",
+        "nfs3-archive-pvc",
+    ] {
+        delete_claim(&client, &ns, claim).await;
+    }
+    for claim in [
+        "nfs3-default-delete-pvc",
+        "nfs3-retain-pvc",
+        "nfs3-archive-pvc",
+    ] {
+        let pv = pv_name(claim);
+        wait_for(
+            &format!("PV {pv} of {claim} to go"),
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                let pv = pv.clone();
+                async move { pv_get(&client, &pv).await.is_none().then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert!(
+        !dir_of("nfs3-default-delete-pvc").exists(),
+        "onDelete delete removes the directory"
+    );
+    let kept = dir_of("nfs3-retain-pvc").join("sub/hello.txt");
+    assert_eq!(
+        std::fs::read_to_string(&kept).ok().as_deref(),
+        Some("nfs3-retain-pvc"),
+        "onDelete retain keeps the data"
+    );
+    let archived = dir_of("nfs3-archive-pvc");
+    let archived = archived.with_file_name(format!(
+        "archived-{}",
+        archived.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    ));
+    assert!(!dir_of("nfs3-archive-pvc").exists());
+    assert_eq!(
+        std::fs::read_to_string(archived.join("sub/hello.txt"))
+            .ok()
+            .as_deref(),
+        Some("nfs3-archive-pvc"),
+        "onDelete archive renames the directory with its data"
+    );
+
+    // The rest are archived by default (nothing set means nothing lost).
+    let rest: Vec<PersistentVolume> = volumes_of(&client, &ns).await;
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(60), &p).await;
+    for pv in &rest {
+        assert!(
+            !on_disk(pv).exists(),
+            "{:?} was archived or deleted",
+            on_disk(pv)
+        );
+    }
+    let provisioned = p
+        .metric("nfs3_provisioner_provision_total{result=\"success\"}")
+        .unwrap_or(0.0);
+    assert!(
+        provisioned >= count as f64,
+        "metrics count provisions: {provisioned}"
+    );
+    for c in &classes {
+        delete_class(&client, c.metadata.name.as_deref().unwrap_or("")).await;
+    }
+    delete_namespace(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_policy_retain_leaves_the_volume_released_and_the_data_intact() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("retain");
+    let p = Provisioner::start(&name, "retain", &[]);
+    let ns = namespace(&client, "retain").await;
+    let class = format!("{ns}-keep");
+    create_class_with(
+        &client,
+        &class,
+        &name,
+        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
+        json!({"reclaimPolicy": "Retain"}),
+    )
+    .await;
+    create_claim(&client, &ns, "data", &class, json!({})).await;
+    all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
+    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    std::fs::write(on_disk(&pv).join("keep.txt"), "x").expect("write");
+    delete_claim(&client, &ns, "data").await;
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    wait_for("PV Released", Duration::from_secs(30), || {
+        let (client, pv_name) = (client.clone(), pv_name.clone());
+        async move {
+            pv_get(&client, &pv_name)
+                .await
+                .filter(|pv| pv_phase(pv) == "Released")
+                .map(|_| ())
+        }
+    })
+    .await;
+    // Give a wrong reclaim every chance to happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        pv_get(&client, &pv_name).await.is_some(),
+        "a Retain PV stays"
+    );
+    assert!(on_disk(&pv).join("keep.txt").exists(), "its data stays");
+    // The administrator lets it go: the finalizer must not hold the PV forever, and
+    // the data is still not touched (the policy was Retain when it was released).
+    Api::<PersistentVolume>::all(client.clone())
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .expect("delete PV");
+    wait_for(
+        "retained PV to be deletable",
+        Duration::from_secs(30),
+        || {
+            let (client, pv_name) = (client.clone(), pv_name.clone());
+            async move { pv_get(&client, &pv_name).await.is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        on_disk(&pv).join("keep.txt").exists(),
+        "deleting a retained PV keeps the data"
+    );
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+    drop(p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("refuse");
+    let p = Provisioner::start(&name, "refuse", &[]);
+    let ns = namespace(&client, "refuse").await;
+    let share = json!(export1());
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "unknown",
+            json!({"server": "127.0.0.1", "share": share, "archiveOnDelet": "true"}),
+            "archiveOnDelet",
+        ),
+        (
+            "badmode",
+            json!({"server": "127.0.0.1", "share": share, "mode": "rwx"}),
+            "mode",
+        ),
+        ("noserver", json!({"share": share}), "server"),
+        (
+            "relshare",
+            json!({"server": "127.0.0.1", "share": "relative/path"}),
+            "share",
+        ),
+        (
+            "badondelete",
+            json!({"server": "127.0.0.1", "share": share, "onDelete": "shred"}),
+            "onDelete",
+        ),
+        (
+            "hostile",
+            json!({"server": "127.0.0.1", "share": share, "pathPattern": "${.PVC.annotations.folder}/x"}),
+            "..",
+        ),
+        (
+            "escape",
+            json!({"server": "127.0.0.1", "share": share, "pathPattern": "../${.PVC.name}"}),
+            "..",
+        ),
+    ];
+    for (label, params, _) in &cases {
+        create_class(&client, &format!("{ns}-{label}"), &name, params.clone()).await;
+        let meta = json!({"annotations": {"folder": "../../../etc"}});
+        create_claim(&client, &ns, label, &format!("{ns}-{label}"), meta).await;
+    }
+    // Claims the provisioner cannot serve, on a class that is fine.
+    let good = format!("{ns}-good");
+    create_class(
+        &client,
+        &good,
+        &name,
+        json!({"server": "127.0.0.1", "share": share}),
+    )
+    .await;
+    create_claim_with(
+        &client,
+        &ns,
+        "block",
+        &good,
+        json!({}),
+        json!({"volumeMode": "Block"}),
+    )
+    .await;
+    create_claim_with(
+        &client,
+        &ns,
+        "selector",
+        &good,
+        json!({}),
+        json!({"selector": {"matchLabels": {"a": "b"}}}),
+    )
+    .await;
+
+    for (label, _, needle) in &cases {
+        let msg = wait_event(
+            &client,
+            &ns,
+            label,
+            "ProvisioningFailed",
+            needle,
+            Duration::from_secs(30),
+        )
+        .await;
+        eprintln!("{label}: {msg}");
+    }
+    wait_event(
+        &client,
+        &ns,
+        "block",
+        "ProvisioningFailed",
+        "Block",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_event(
+        &client,
+        &ns,
+        "selector",
+        "ProvisioningFailed",
+        "selector",
+        Duration::from_secs(30),
+    )
+    .await;
+    for c in claims(&client, &ns).await {
+        assert_eq!(phase(&c), "Pending", "{:?} stays Pending", c.metadata.name);
+    }
+    assert!(
+        volumes_of(&client, &ns).await.is_empty(),
+        "no PV for a refused claim"
+    );
+    let root = common::nfs()
+        .export1
+        .parent()
+        .expect("exports' parent")
+        .to_path_buf();
+    assert!(
+        find_named(&root, &ns, 4).is_empty(),
+        "nothing written on the exports: {:?}",
+        find_named(&root, &ns, 4)
+    );
+    assert!(
+        !root.join("etc").exists() && !Path::new("/tmp/etc").exists(),
+        "nothing written outside"
+    );
+
+    // Fixing the class brings the claim back without restarting anything.
+    let fixed = format!("{ns}-unknown");
+    Api::<StorageClass>::all(client.clone())
+        .delete(&fixed, &DeleteParams::default())
+        .await
+        .expect("delete class");
+    create_class(
+        &client,
+        &fixed,
+        &name,
+        json!({"server": "127.0.0.1", "share": share, "archiveOnDelete": "false"}),
+    )
+    .await;
+    wait_for(
+        "the fixed class's claim to bind",
+        Duration::from_secs(30),
+        || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                claims(&client, &ns)
+                    .await
+                    .iter()
+                    .any(|c| c.metadata.name.as_deref() == Some("unknown") && phase(c) == "Bound")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
+    for (label, _, _) in &cases {
+        delete_class(&client, &format!("{ns}-{label}")).await;
+    }
+    delete_class(&client, &good).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// A burst of 100 claims with the provisioner killed (SIGKILL) while it works: once it
+/// is back, every claim has exactly one PV, every PV its directory, and no directory is
+/// left over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_100_claims_survives_kill_9() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("burst");
+    let mut p = Provisioner::start(&name, "burst", &[]);
+    let ns = namespace(&client, "burst").await;
+    let class = format!("{ns}-c");
+    create_class(&client, &class, &name, json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete", "pathPattern": "${.PVC.namespace}/${.PVC.name}"})).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (client, ns, class) = (client.clone(), ns.clone(), class.clone());
+        tasks.push(tokio::spawn(async move {
+            create_claim(&client, &ns, &format!("c{i:03}"), &class, json!({})).await
+        }));
+    }
+    // Kill it as soon as it has made some volumes: the rest are in flight or not begun.
+    wait_for("the first volumes", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { (volumes_of(&client, &ns).await.len() >= 5).then_some(()) }
+    })
+    .await;
+    p.kill9();
+    let at_kill = volumes_of(&client, &ns).await.len();
+    for t in tasks {
+        t.await.expect("create claim");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.restart();
+    let bound = all_bound(&client, &ns, 100, Duration::from_secs(120), &p).await;
+    let elapsed = started.elapsed();
+    let pvs = volumes_of(&client, &ns).await;
+    assert_eq!(pvs.len(), 100, "exactly one PV per claim");
+    let names: BTreeSet<String> = bound
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.volume_name.clone())
+        .collect();
+    assert_eq!(names.len(), 100, "no two claims share a PV");
+    for pvc in &bound {
+        let uid = pvc.metadata.uid.clone().unwrap_or_default();
+        assert_eq!(
+            pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
+            Some(format!("pvc-{uid}"))
+        );
+    }
+    for pv in &pvs {
+        assert!(on_disk(pv).is_dir(), "{:?} exists", on_disk(pv));
+    }
+    let dirs: BTreeSet<String> = std::fs::read_dir(common::nfs().export1.join(&ns))
+        .expect("namespace directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: BTreeSet<String> = (0..100).map(|i| format!("c{i:03}")).collect();
+    assert_eq!(dirs, expected, "one directory per claim, none orphaned");
+    eprintln!("burst: 100 claims bound in {elapsed:?} ({at_kill} volumes when killed)");
+
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(120), &p).await;
+    let left: Vec<_> = std::fs::read_dir(common::nfs().export1.join(&ns))
+        .expect("namespace directory")
+        .flatten()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "every directory deleted: {} left",
+        left.len()
+    );
+    assert!(p.is_running());
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// The NFS server stops while claims arrive: they fail with an explanation, are retried,
+/// and bind once it is back, each to a directory that exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nfs_outage_is_retried_until_the_server_is_back() {
+    let _alone = EXCLUSIVE.write().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("outage");
+    let p = Provisioner::start(&name, "outage", &[]);
+    let ns = namespace(&client, "outage").await;
+    let class = format!("{ns}-c");
+    create_class(
+        &client,
+        &class,
+        &name,
+        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
+    )
+    .await;
+    create_claim(&client, &ns, "before", &class, json!({})).await;
+    all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
+
+    common::script("nfs.sh", &["stop-server"]);
+    let outage = Instant::now();
+    let restart = scopeguard(|| {
+        common::script("nfs.sh", &["start-server"]);
+    });
+    for i in 0..5 {
+        create_claim(&client, &ns, &format!("during-{i}"), &class, json!({})).await;
+    }
+    let msg = wait_event(
+        &client,
+        &ns,
+        "during-0",
+        "ProvisioningFailed",
+        "will retry",
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("during the outage: {msg}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for c in claims(&client, &ns).await {
+        if c.metadata.name.as_deref() != Some("before") {
+            assert_eq!(phase(&c), "Pending");
+        }
+    }
+    drop(restart);
+    let down_for = outage.elapsed();
+    let back = Instant::now();
+    all_bound(&client, &ns, 6, Duration::from_secs(90), &p).await;
+    eprintln!(
+        "outage of {down_for:?}: all claims bound {:?} after the server came back",
+        back.elapsed()
+    );
+    for pv in volumes_of(&client, &ns).await {
+        assert!(on_disk(&pv).is_dir(), "{:?} exists", on_disk(&pv));
+    }
+    let (code, _) = p.http_get("/readyz").expect("readyz answers");
+    assert_eq!(code, 200);
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(60), &p).await;
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// Runs `f` when dropped, even when the test fails: the NFS server must come back for
+/// the other scenarios.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Two replicas with leader election: only the holder acts, the standby is ready, and
+/// when the leader is killed the standby takes over within the lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_hands_over_when_the_leader_dies() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("leader");
+    let lease = common::unique("lease");
+    let env = [
+        ("LEADER_ELECT", "true"),
+        ("LEASE_NAME", lease.as_str()),
+        ("LEASE_DURATION_SECONDS", "6"),
+    ];
+    let mut a = Provisioner::start(
+        &name,
+        "leader-a",
+        &[env[0], env[1], env[2], ("POD_NAME", "replica-a")],
+    );
+    let mut b = Provisioner::start(
+        &name,
+        "leader-b",
+        &[env[0], env[1], env[2], ("POD_NAME", "replica-b")],
+    );
+    let ns = namespace(&client, "leader").await;
+    let class = format!("{ns}-c");
+    create_class(
+        &client,
+        &class,
+        &name,
+        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
+    )
+    .await;
+
+    let leader = wait_for("one replica to lead", Duration::from_secs(30), || {
+        let (la, lb) = (
+            a.metric("nfs3_provisioner_leader"),
+            b.metric("nfs3_provisioner_leader"),
+        );
+        async move {
+            match (la, lb) {
+                (Some(1.0), Some(0.0)) => Some('a'),
+                (Some(0.0), Some(1.0)) => Some('b'),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let (lead, standby) = if leader == 'a' {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(
+        standby.http_get("/readyz").map(|r| r.0),
+        Some(200),
+        "a standby is ready"
+    );
+    assert_eq!(standby.http_get("/healthz").map(|r| r.0), Some(200));
+
+    for i in 0..10 {
+        create_claim(&client, &ns, &format!("first-{i}"), &class, json!({})).await;
+    }
+    all_bound(&client, &ns, 10, Duration::from_secs(30), lead).await;
+    assert_eq!(
+        standby
+            .metric("nfs3_provisioner_provision_total{result=\"success\"}")
+            .unwrap_or(0.0),
+        0.0,
+        "the standby did nothing"
+    );
+
+    lead.kill9();
+    let killed = Instant::now();
+    for i in 0..10 {
+        create_claim(&client, &ns, &format!("second-{i}"), &class, json!({})).await;
+    }
+    all_bound(&client, &ns, 20, Duration::from_secs(45), standby).await;
+    let takeover = killed.elapsed();
+    eprintln!(
+        "standby took over and bound 10 claims {takeover:?} after the leader was killed (lease 6 s)"
+    );
+    assert!(
+        takeover < Duration::from_secs(30),
+        "took over in {takeover:?}"
+    );
+    assert_eq!(standby.metric("nfs3_provisioner_leader"), Some(1.0));
+    let pvs = volumes_of(&client, &ns).await;
+    assert_eq!(pvs.len(), 20, "no claim provisioned twice");
+    let dirs = find_named(&common::nfs().export1, &ns, 1);
+    assert_eq!(dirs.len(), 20, "one directory per claim");
+
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(60), standby).await;
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// A directory another PV still points at is never deleted: a PV made by hand that
+/// reuses the directory of one of ours blocks its reclaim until it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_still_in_use_is_never_deleted() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("shared");
+    let p = Provisioner::start(&name, "shared", &[]);
+    let ns = namespace(&client, "shared").await;
+    let class = format!("{ns}-c");
+    create_class(
+        &client,
+        &class,
+        &name,
+        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
+    )
+    .await;
+    create_claim(&client, &ns, "data", &class, json!({})).await;
+    all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
+    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    let dir = on_disk(&pv);
+    std::fs::write(dir.join("precious"), "x").expect("write");
+    let static_pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("{ns}-static")},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "nfs": {"server": "127.0.0.1", "path": format!("{}/sub", dir.display())},
+        }
+    }))
+    .expect("static PV");
+    let api = Api::<PersistentVolume>::all(client.clone());
+    api.create(&PostParams::default(), &static_pv)
+        .await
+        .expect("create static PV");
+    delete_claim(&client, &ns, "data").await;
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    let reason = wait_for("a refusal event on the PV", Duration::from_secs(30), || {
+        let client = client.clone();
+        let pv_name = pv_name.clone();
+        async move {
+            let lp =
+                kube::api::ListParams::default().fields(&format!("involvedObject.name={pv_name}"));
+            let events = Api::<k8s_openapi::api::core::v1::Event>::all(client)
+                .list(&lp)
+                .await
+                .ok()?
+                .items;
+            events
+                .into_iter()
+                .filter_map(|e| e.message)
+                .find(|m| m.contains("also used by"))
+        }
+    })
+    .await;
+    eprintln!("refused: {reason}");
+    assert!(
+        dir.join("precious").exists(),
+        "data kept while another PV points into it"
+    );
+    assert!(
+        pv_get(&client, &pv_name).await.is_some(),
+        "the PV waits, with its finalizer"
+    );
+    api.delete(&format!("{ns}-static"), &DeleteParams::default())
+        .await
+        .expect("delete static PV");
+    // Retried with backoff; the static PV's own protection finalizer goes first.
+    wait_for(
+        "reclaim once nothing else uses it",
+        Duration::from_secs(60),
+        || {
+            let (client, pv_name) = (client.clone(), pv_name.clone());
+            async move { pv_get(&client, &pv_name).await.is_none().then_some(()) }
+        },
+    )
+    .await;
+    assert!(!dir.exists(), "deleted once free");
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// Claims whose StorageClass names another provisioner, or that are already bound, are
+/// left alone; a second provisioner name on the same cluster does not interfere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_provisioners_claims_are_left_alone() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("mine");
+    let p = Provisioner::start(&name, "mine", &[]);
+    let ns = namespace(&client, "mine").await;
+    let other = format!("{ns}-other");
+    create_class(
+        &client,
+        &other,
+        "example.com/someone-else",
+        json!({"server": "127.0.0.1", "share": export1()}),
+    )
+    .await;
+    create_claim(&client, &ns, "theirs", &other, json!({})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(volumes_of(&client, &ns).await.is_empty());
+    assert!(
+        events_for(&client, &ns, "theirs")
+            .await
+            .iter()
+            .all(|(_, r, _)| !r.starts_with("Provisioning"))
+    );
+    let _ = p;
+    // Let the claim go without waiting for anyone to provision it.
+    let _ = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .patch(
+            "theirs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    delete_claims(&client, &ns).await;
+    delete_class(&client, &other).await;
+    delete_namespace(&client, &ns).await;
+}
