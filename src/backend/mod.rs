@@ -124,9 +124,12 @@ fn hint(reason: &str) -> &'static str {
     if reason.contains("AUTH_TOOWEAK") {
         " (the server wants a privileged source port: the export has `secure`; run with --privileged-port, or export with `insecure`)"
     } else if reason.contains("MNT3ERR_ACCES") || reason.contains("MNT3ERR_PERM") {
-        " (the export refuses this client: check its client list)"
+        // Some servers (nfs-ganesha among them) answer ACCES for an export they do not have.
+        " (no such export, or it refuses this client: check the share path against the server's exports and their client lists)"
     } else if reason.contains("MNT3ERR_NOENT") {
         " (no such export: check the share path against the server's exports)"
+    } else if reason.contains("Program unavailable") {
+        " (the portmapper answers but no NFS or MOUNT service is registered: is the NFS server running?)"
     } else if reason.contains("Connection refused") {
         " (nothing listens there: is the NFS server and its portmapper running?)"
     } else {
