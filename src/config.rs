@@ -30,6 +30,8 @@ pub enum Command {
     Run(RunArgs),
     /// Probe a share: create, chmod, rename and remove a directory, and report space.
     Check(CheckArgs),
+    /// Compare our PVs with their shares: missing directories, orphans, old archives.
+    Audit(AuditArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +131,37 @@ pub struct CheckArgs {
     /// Export path.
     #[arg(long, env = "NFS_PATH")]
     pub share: String,
+    #[command(flatten)]
+    pub nfs: NfsArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AuditArgs {
+    /// Audit the PVs whose `pv.kubernetes.io/provisioned-by` is this name.
+    #[arg(long, env = "PROVISIONER_NAME", default_value = DEFAULT_PROVISIONER)]
+    pub provisioner_name: String,
+    /// Also audit this server's share (pair each with a --share), even if no PV names it.
+    #[arg(long = "server", value_name = "SERVER", requires = "shares")]
+    pub servers: Vec<String>,
+    /// Export path going with the --server at the same position.
+    #[arg(long = "share", value_name = "PATH", requires = "servers")]
+    pub shares: Vec<String>,
+    /// List archives older than this (7d, 12h, 30m, 45s) as to prune.
+    #[arg(long, value_name = "AGE", value_parser = crate::audit::parse_age)]
+    pub prune_archives_older_than: Option<Duration>,
+    /// Really remove the archives listed as to prune (the default is a dry run).
+    #[arg(long, requires = "prune_archives_older_than")]
+    pub apply: bool,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
     #[command(flatten)]
     pub nfs: NfsArgs,
 }

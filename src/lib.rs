@@ -5,6 +5,7 @@
 //! [`controller::provision`] and [`controller::reclaim`], with the decisions in [`plan`].
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backend;
 pub mod check;
 pub mod config;

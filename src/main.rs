@@ -5,7 +5,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use nfs3_provisioner::config::{Cli, Command, LogFormat};
-use nfs3_provisioner::{check, run};
+use nfs3_provisioner::{audit, check, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -14,6 +14,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Check(args) => check::check(args).await,
+        Command::Audit(args) => audit::audit(args).await,
     };
     match result {
         Ok(code) => code,

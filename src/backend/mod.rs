@@ -43,8 +43,10 @@ pub struct Stat {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// Seconds since the epoch, for archive ages.
-    pub mtime: i64,
+    /// Seconds since the epoch of the last change to the entry or its contents: the
+    /// later of mtime and ctime. Renaming (archiving) sets ctime, so an archive's age
+    /// counts from when it was archived, not from the last write inside it.
+    pub changed: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -205,7 +205,7 @@ impl Share for MountedShare {
                 mode: m.mode(),
                 uid: m.uid(),
                 gid: m.gid(),
-                mtime: m.mtime(),
+                changed: m.mtime().max(m.ctime()),
             }))
         })
         .await

@@ -277,7 +277,7 @@ fn stat_of(a: &fattr3) -> Stat {
         mode: a.mode,
         uid: a.uid,
         gid: a.gid,
-        mtime: i64::from(a.mtime.seconds),
+        changed: i64::from(a.mtime.seconds.max(a.ctime.seconds)),
     }
 }
 
