@@ -975,3 +975,147 @@ async fn other_provisioners_claims_are_left_alone() {
     delete_class(&client, &other).await;
     delete_namespace(&client, &ns).await;
 }
+
+/// The `mounted` backend (a share mounted at a local path, as nfs-subdir deployments
+/// have it): the same provisioning and reclaim, on the directory itself; a class asking
+/// for another share is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_backend_provisions_and_reclaims_the_same_way() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("mounted");
+    let root = export1();
+    let p = Provisioner::start(
+        &name,
+        "mounted",
+        &[
+            ("BACKEND", "mounted"),
+            ("MOUNT_ROOT", root.as_str()),
+            ("NFS_SERVER", "127.0.0.1"),
+            ("NFS_PATH", root.as_str()),
+        ],
+    );
+    let ns = namespace(&client, "mounted").await;
+    let class = format!("{ns}-defaults");
+    // No server or share: the provisioner-wide NFS_SERVER / NFS_PATH, as nfs-subdir has it.
+    create_class(
+        &client,
+        &class,
+        &name,
+        json!({"onDelete": "delete", "mode": "0770"}),
+    )
+    .await;
+    let other = format!("{ns}-other");
+    create_class(
+        &client,
+        &other,
+        &name,
+        json!({"server": "127.0.0.1", "share": export2()}),
+    )
+    .await;
+    create_claim(&client, &ns, "data", &class, json!({})).await;
+    create_claim(&client, &ns, "elsewhere", &other, json!({})).await;
+    wait_event(
+        &client,
+        &ns,
+        "elsewhere",
+        "ProvisioningFailed",
+        "serves only",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        "the claim on the mounted share to bind",
+        Duration::from_secs(30),
+        || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                claims(&client, &ns)
+                    .await
+                    .iter()
+                    .any(|c| c.metadata.name.as_deref() == Some("data") && phase(c) == "Bound")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    let dir = on_disk(&pv);
+    assert!(dir.starts_with(&root) && dir.is_dir(), "{dir:?}");
+    assert_eq!(mode_of(&dir), 0o770);
+    std::fs::create_dir_all(dir.join("a/b")).expect("write");
+    std::fs::write(dir.join("a/b/f"), "x").expect("write");
+    delete_claims(&client, &ns).await;
+    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
+    assert!(!dir.exists(), "deleted through the mounted backend");
+    delete_class(&client, &class).await;
+    delete_class(&client, &other).await;
+    delete_namespace(&client, &ns).await;
+}
+
+/// `audit` run as an operator would, against the cluster and the real share: it counts
+/// our volumes, and a directory removed behind the provisioner's back is reported missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_finds_a_volume_whose_directory_is_gone() {
+    let _shared = EXCLUSIVE.read().await;
+    common::nfs();
+    let client = admin().await;
+    let name = provisioner_name("audit");
+    let p = Provisioner::start(&name, "audit", &[]);
+    let ns = namespace(&client, "audit").await;
+    let class = format!("{ns}-c");
+    create_class(
+        &client,
+        &class,
+        &name,
+        json!({"server": "127.0.0.1", "share": export2(), "onDelete": "delete"}),
+    )
+    .await;
+    create_claim(&client, &ns, "kept", &class, json!({})).await;
+    create_claim(&client, &ns, "lost", &class, json!({})).await;
+    all_bound(&client, &ns, 2, Duration::from_secs(30), &p).await;
+    let pvs = volumes_of(&client, &ns).await;
+    let lost = pv_of(&pvs, "lost");
+    std::fs::remove_dir(on_disk(lost))
+        .expect("remove a volume directory behind the provisioner's back");
+
+    let run_audit = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nfs3-provisioner"))
+            .args(["audit", "--provisioner-name", &name, "--output", "json"])
+            .env("KUBECONFIG", &cluster().sa_kubeconfig)
+            .output()
+            .expect("run audit");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "audit prints JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), report)
+    };
+    let (code, report) = run_audit();
+    assert_eq!(code, Some(1), "something is missing: exit 1; {report:#}");
+    let share = report["shares"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["share"] == json!(export2())))
+        .unwrap_or_else(|| panic!("the share is audited: {report:#}"));
+    assert_eq!(share["volumes"], json!(2));
+    let missing: Vec<&str> = share["missing"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["pv"].as_str())
+        .collect();
+    assert_eq!(
+        missing,
+        [lost.metadata.name.as_deref().unwrap_or("")],
+        "{share:#}"
+    );
+
+    delete_claims(&client, &ns).await;
+    // Deleting a directory that is already gone is a success, not a retry loop.
+    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
+    delete_class(&client, &class).await;
+    delete_namespace(&client, &ns).await;
+}
