@@ -5,7 +5,7 @@
 //! around every call. A connection that timed out or saw an I/O error is dropped, never
 //! returned to the pool: its stream may still hold a late reply.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +32,8 @@ type Client = Nfs3Client<TokioIo<TcpStream>>;
 /// Small enough that a READDIRPLUS reply fits one RPC fragment, which the client requires.
 const READDIR_MAXCOUNT: u32 = 32 * 1024;
 const READDIR_DIRCOUNT: u32 = 8 * 1024;
+/// Sessions one removal may use at once, its own included.
+const REMOVE_PARALLELISM: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Nfs3Options {
@@ -108,6 +110,23 @@ impl Nfs3Share {
         })
     }
 
+    /// Another session only if a connection slot is free right now: extra hands for one
+    /// operation must never wait on slots that operation's own session may be holding.
+    async fn spare_session(&self) -> Option<Session<'_>> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self.connect().await.ok()?,
+        };
+        Some(Session {
+            share: self,
+            conn: Some(conn),
+            broken: false,
+            _permit: permit,
+        })
+    }
+
     async fn connect(&self) -> Result<Conn, BackendError> {
         let server = &self.target.server;
         let ip = resolve(server, self.opts.timeout).await?;
@@ -153,6 +172,108 @@ impl Nfs3Share {
             client: conn.into_nfs3_client(),
             root,
         })
+    }
+}
+
+impl Nfs3Share {
+    /// Removes what `dir` holds in parallel: entries and whole subtrees are handed to
+    /// this session and to as many extra ones as the pool has free right now (at most
+    /// [`REMOVE_PARALLELISM`] in all). A large volume then does not take all night over
+    /// a slow link, and never starves other volumes' work of connections. Anything it
+    /// cannot classify is left for the sequential pass that follows.
+    async fn remove_subtrees<'a>(
+        &'a self,
+        s: &mut Session<'a>,
+        dir: &nfs_fh3,
+        path: &str,
+    ) -> Result<u64, BackendError> {
+        let mut removed = 0u64;
+        let mut seen = HashSet::new();
+        loop {
+            let page = s
+                .read_page(dir, 0, nfs3::cookieverf3::default(), path)
+                .await?;
+            let work: VecDeque<Work> = page
+                .entries
+                .into_iter()
+                .filter(|e| seen.insert(e.name.clone()))
+                .filter_map(|e| match (e.attrs, e.fh) {
+                    (Some(a), Some(fh)) if a.type_ == ftype3::NF3DIR => Some(Work::Dir(e.name, fh)),
+                    (Some(a), _) if a.type_ != ftype3::NF3DIR => Some(Work::Entry(e.name)),
+                    // Left for the sequential pass, which looks such entries up.
+                    _ => None,
+                })
+                .collect();
+            if work.is_empty() {
+                return Ok(removed);
+            }
+            let mut extra = Vec::new();
+            while extra.len() + 1 < REMOVE_PARALLELISM.min(work.len()) {
+                match self.spare_session().await {
+                    Some(x) => extra.push(x),
+                    None => break,
+                }
+            }
+            let queue = Mutex::new(work);
+            let mut workers = vec![drain(SessionRef::Borrowed(&mut *s), &queue, dir, path)];
+            workers.extend(
+                extra
+                    .into_iter()
+                    .map(|x| drain(SessionRef::Owned(x), &queue, dir, path)),
+            );
+            removed += futures::future::try_join_all(workers)
+                .await?
+                .into_iter()
+                .sum::<u64>();
+        }
+    }
+}
+
+/// One entry of a directory being emptied.
+enum Work {
+    /// Not a directory (file, symlink, ...): removed by name, never followed.
+    Entry(Vec<u8>),
+    Dir(Vec<u8>, nfs_fh3),
+}
+
+/// Removes entries of `dir` taken from `queue` until it is empty.
+async fn drain(
+    mut session: SessionRef<'_, '_>,
+    queue: &Mutex<VecDeque<Work>>,
+    dir: &nfs_fh3,
+    path: &str,
+) -> Result<u64, BackendError> {
+    let mut n = 0u64;
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        match next {
+            None => return Ok(n),
+            Some(Work::Entry(name)) => {
+                let child = format!("{path}/{}", String::from_utf8_lossy(&name));
+                session.get().remove(dir, &name, false, &child).await?;
+            }
+            Some(Work::Dir(name, fh)) => {
+                let child = format!("{path}/{}", String::from_utf8_lossy(&name));
+                n += session.get().empty_dir(fh, &child).await?;
+                session.get().remove(dir, &name, true, &child).await?;
+            }
+        }
+        n += 1;
+    }
+}
+
+/// The session an operation started with, or a spare one it took for a while.
+enum SessionRef<'s, 'a> {
+    Borrowed(&'s mut Session<'a>),
+    Owned(Session<'a>),
+}
+
+impl<'a> SessionRef<'_, 'a> {
+    fn get(&mut self) -> &mut Session<'a> {
+        match self {
+            SessionRef::Borrowed(s) => s,
+            SessionRef::Owned(s) => s,
+        }
     }
 }
 
@@ -627,14 +748,15 @@ impl Share for Nfs3Share {
                 .await?;
             return Ok(Removed::Removed { entries: 1 });
         }
-        let entries = s.empty_dir(fh, &path).await?;
+        let mut entries = self.remove_subtrees(&mut s, &fh, &path).await?;
+        // Whatever is left (files, or entries created meanwhile) goes on this session.
+        entries += s.empty_dir(fh, &path).await?;
         s.remove(&parent, dir.leaf().as_bytes(), true, &path)
             .await?;
         Ok(Removed::Removed {
             entries: entries + 1,
         })
     }
-
     async fn rename(&self, from: &RelPath, to: &RelPath) -> Result<Renamed, BackendError> {
         let mut s = self.session().await?;
         let from_parent = s.walk(from.parent_segments()).await?;

@@ -6,7 +6,7 @@ mod reclaim;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -42,7 +42,14 @@ pub struct Context {
     pub volumes: Store<PersistentVolume>,
     /// Consecutive failures per object uid, for exponential backoff that never gives up.
     failures: Mutex<HashMap<String, u32>>,
+    /// PV uids whose data this process has just reclaimed. Deleting the PV brings one
+    /// more event for it (deletion timestamp set, our finalizer still on) that would run
+    /// the idempotent reclaim a second time; this spares those API and NFS calls.
+    reclaimed: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a reclaimed uid is remembered: far longer than the one event it is for.
+const RECLAIMED_MEMORY: Duration = Duration::from_secs(600);
 
 impl Context {
     pub fn new(
@@ -63,7 +70,27 @@ impl Context {
             classes,
             volumes,
             failures: Mutex::new(HashMap::new()),
+            reclaimed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Publishes without holding up the caller: for events that follow the work, so a
+    /// worker slot is free again as soon as the work is done.
+    fn publish_detached<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) {
+        let recorder = self.recorder.clone();
+        let reference = obj.object_ref(&());
+        let ev = event(type_, reason, note);
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                warn!(error = %e, reason, "could not publish event");
+            }
+        });
     }
 
     async fn publish<K: Resource<DynamicType = ()>>(
@@ -73,17 +100,27 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            // The API caps notes at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
-            secondary: None,
-        };
+        let ev = event(type_, reason, note);
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
+    }
+
+    fn mark_reclaimed(&self, uid: &str) {
+        let mut r = self.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        r.retain(|_, at| now.duration_since(*at) < RECLAIMED_MEMORY);
+        r.insert(uid.to_string(), now);
+    }
+
+    fn was_reclaimed(&self, uid: &str) -> bool {
+        !uid.is_empty()
+            && self
+                .reclaimed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(uid)
+                .is_some_and(|at| at.elapsed() < RECLAIMED_MEMORY)
     }
 
     fn succeeded(&self, uid: &str) {
@@ -202,16 +239,28 @@ pub async fn run(
     info!("controllers stopped");
 }
 
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        // The API caps notes at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    }
+}
+
 /// Waits for a store's first full list. The controller waits on the same store, and a
 /// store wakes only one of several waiters (kube-runtime's DelayedInit keeps one waker),
-/// so this asks again every half second instead of relying on being woken.
+/// so this asks again every 50 ms instead of relying on being woken (readiness
+/// then lags the real sync by at most that).
 async fn synced<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     loop {
         if let Ok(r) =
-            tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await
+            tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await
         {
             return r;
         }

@@ -72,7 +72,9 @@ async fn provision(
             return Ok(Action::await_change());
         }
     };
-    ctx.publish(
+    // The event and the work go together: waiting for the event first would add an
+    // API round trip to every claim's latency.
+    let announce = ctx.publish(
         pvc,
         EventType::Normal,
         "Provisioning",
@@ -80,16 +82,14 @@ async fn provision(
             "External provisioner is provisioning volume for claim \"{}\"",
             name_of(pvc)
         ),
-    )
-    .await;
-
-    let result = create(pvc, &volume, ctx).await;
+    );
+    let ((), result) = tokio::join!(announce, create(pvc, &volume, ctx));
     metrics::provisioned(started.elapsed(), result.is_ok());
     match result {
         Ok(()) => {
             ctx.succeeded(&uid_of(pvc));
             info!(pv = pv_name, path = volume.full_path(), took = ?started.elapsed(), "provisioned");
-            ctx.publish(
+            ctx.publish_detached(
                 pvc,
                 EventType::Normal,
                 "ProvisioningSucceeded",
@@ -98,8 +98,7 @@ async fn provision(
                     volume.params.server,
                     volume.full_path()
                 ),
-            )
-            .await;
+            );
             Ok(Action::await_change())
         }
         Err(e) => {

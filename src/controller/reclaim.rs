@@ -31,6 +31,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             reclaim_data(&pv, &ctx).await?;
+            ctx.mark_reclaimed(&uid_of(pv.as_ref()));
             let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
             let name = name_of(pv.as_ref());
             match api.delete(&name, &DeleteParams::default()).await {
@@ -48,11 +49,12 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
             Ok(Action::await_change())
         }
         PvDecision::ReleaseFinalizer { reclaim_first } => {
-            if reclaim_first {
+            if reclaim_first && !ctx.was_reclaimed(&uid_of(pv.as_ref())) {
                 if claim_still_exists(&pv, &ctx).await? {
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
                 reclaim_data(&pv, &ctx).await?;
+                ctx.mark_reclaimed(&uid_of(pv.as_ref()));
             }
             release_finalizer(&pv, &ctx).await?;
             ctx.succeeded(&uid_of(pv.as_ref()));

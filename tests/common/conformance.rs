@@ -129,6 +129,12 @@ pub async fn removal_never_follows_symlinks<S: Share>(
         )
         .unwrap();
     }
+    // Many subtrees side by side: the NFS backend removes these in parallel.
+    for i in 0..40 {
+        fs::create_dir_all(vol.join(format!("wide-{i:02}/inner"))).unwrap();
+        fs::write(vol.join(format!("wide-{i:02}/inner/f")), b"w").unwrap();
+        std::os::unix::fs::symlink(outside.path(), vol.join(format!("wide-{i:02}/out"))).unwrap();
+    }
     std::os::unix::fs::symlink(outside.path(), vol.join("link-out")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("precious"), vol.join("a/file-link")).unwrap();
     fs::write(

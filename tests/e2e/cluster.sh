@@ -234,6 +234,13 @@ start_kcm() {
   # only has the rights to set that up. Same as kubeadm clusters.
   # --leader-elect=false: one instance, and no lease renewals to stall on
   # when the machine is busy.
+  # KCM_API_QPS / KCM_API_BURST (optional, for benchmarks): the controllers'
+  # client-side rate limit (--kube-api-qps, default 20; --kube-api-burst,
+  # default 30). Unset: the flags are not passed. Only read when the manager
+  # is (re)started: `up` leaves a healthy one running as it is.
+  local rate=()
+  [[ -n ${KCM_API_QPS:-} ]] && rate+=(--kube-api-qps="$KCM_API_QPS")
+  [[ -n ${KCM_API_BURST:-} ]] && rate+=(--kube-api-burst="$KCM_API_BURST")
   spawn "$k8s/kube-controller-manager.pid" "$logs/kube-controller-manager.log" "$K8S_BIN/kube-controller-manager" \
     --kubeconfig="$kcm_kubeconfig" \
     --authentication-kubeconfig="$kcm_kubeconfig" \
@@ -247,7 +254,8 @@ start_kcm() {
     --service-account-private-key-file="$pki/sa.key" \
     --root-ca-file="$pki/ca.crt" \
     --cluster-name=nfs3p-e2e \
-    --profiling=false
+    --profiling=false \
+    "${rate[@]}"
 }
 
 # ensure NAME FN TIMEOUT: make sure component NAME (start_FN, FN_healthy)
