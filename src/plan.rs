@@ -427,19 +427,19 @@ pub fn decide_pv(pv: &PersistentVolume, provisioner: &str) -> PvDecision {
 /// would take their data too, so reclaim is refused while any exists. A PV on a parent
 /// (a static PV of the whole export, say) does not block: the directory is ours to
 /// reclaim. The server is not compared: the same export can be reached under several names.
+/// `pvs` are (name, NFS path) of every PV known, NFS or not (`None`).
 pub fn sharing_pvs<'a>(
     me: &str,
     full_path: &str,
-    pvs: impl IntoIterator<Item = &'a PersistentVolume>,
+    pvs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Vec<String> {
     let mine = full_path.trim_end_matches('/');
     let nests = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
     pvs.into_iter()
-        .filter(|pv| pv.metadata.name.as_deref() != Some(me))
-        .filter_map(|pv| {
-            let theirs = pv.spec.as_ref()?.nfs.as_ref()?.path.clone();
-            let theirs = path::normalize_share(&theirs).ok()?;
-            nests(&theirs, mine).then(|| pv.metadata.name.clone().unwrap_or_default())
+        .filter(|(name, _)| *name != me)
+        .filter_map(|(name, theirs)| {
+            let theirs = path::normalize_share(theirs?).ok()?;
+            nests(&theirs, mine).then(|| name.to_string())
         })
         .collect()
 }
@@ -860,6 +860,15 @@ mod tests {
             mk("sibling", "/srv/a/bc"),
             mk("other", "/srv/z"),
         ];
-        assert_eq!(sharing_pvs("me", "/srv/a/b", &pvs), ["same", "child"]);
+        let pairs = pvs.iter().map(|pv| {
+            (
+                pv.metadata.name.as_deref().unwrap_or(""),
+                pv.spec
+                    .as_ref()
+                    .and_then(|s| s.nfs.as_ref())
+                    .map(|n| n.path.as_str()),
+            )
+        });
+        assert_eq!(sharing_pvs("me", "/srv/a/b", pairs), ["same", "child"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring: caches of classes, claims and volumes; one controller that provisions claims
 //! ([`provision`]) and one that reclaims released volumes ([`reclaim`]).
 
+pub mod cached_volume;
 mod provision;
 mod reclaim;
 
@@ -9,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -21,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::backend::{BackendError, Shares};
 use crate::params::Defaults;
+use cached_volume::CachedVolume;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -39,13 +43,20 @@ pub struct Context {
     pub defaults: Defaults,
     pub shares: Shares,
     pub classes: Store<StorageClass>,
-    pub volumes: Store<PersistentVolume>,
+    pub volumes: Store<CachedVolume>,
     /// Consecutive failures per object uid, for exponential backoff that never gives up.
     failures: Mutex<HashMap<String, u32>>,
-    /// PV uids whose data this process has just reclaimed. Deleting the PV brings one
-    /// more event for it (deletion timestamp set, our finalizer still on) that would run
-    /// the idempotent reclaim a second time; this spares those API and NFS calls.
-    reclaimed: Mutex<HashMap<String, Instant>>,
+    /// PV uids this process has just reclaimed, and how far. Deleting the PV brings one
+    /// more event for it (deletion timestamp set, our finalizer still on) from before
+    /// the finalizer went; this spares running the idempotent steps again for it.
+    reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
+}
+
+/// How far this process got with reclaiming one volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reclaimed {
+    Data,
+    Finalizer,
 }
 
 /// How long a reclaimed uid is remembered: far longer than the one event it is for.
@@ -59,7 +70,7 @@ impl Context {
         defaults: Defaults,
         shares: Shares,
         classes: Store<StorageClass>,
-        volumes: Store<PersistentVolume>,
+        volumes: Store<CachedVolume>,
     ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -106,21 +117,24 @@ impl Context {
         }
     }
 
-    fn mark_reclaimed(&self, uid: &str) {
+    fn mark_reclaimed(&self, uid: &str, stage: Reclaimed) {
+        if uid.is_empty() {
+            return;
+        }
         let mut r = self.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        r.retain(|_, at| now.duration_since(*at) < RECLAIMED_MEMORY);
-        r.insert(uid.to_string(), now);
+        r.retain(|_, (at, _)| now.duration_since(*at) < RECLAIMED_MEMORY);
+        let entry = r.entry(uid.to_string()).or_insert((now, stage));
+        *entry = (now, entry.1.max(stage));
     }
 
-    fn was_reclaimed(&self, uid: &str) -> bool {
-        !uid.is_empty()
-            && self
-                .reclaimed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(uid)
-                .is_some_and(|at| at.elapsed() < RECLAIMED_MEMORY)
+    fn reclaimed(&self, uid: &str) -> Option<Reclaimed> {
+        self.reclaimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .filter(|(at, _)| at.elapsed() < RECLAIMED_MEMORY)
+            .map(|(_, stage)| *stage)
     }
 
     fn succeeded(&self, uid: &str) {
@@ -160,7 +174,37 @@ fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-fn cached<K>(api: Api<K>) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
+/// A claim that names a volume is never provisioned again (it stays bound, or goes
+/// Lost), so of those, the cache keeps only what says so: with thousands of bound
+/// claims in a cluster, their labels, annotations and status are most of the cache.
+fn strip_bound_claim(pvc: &mut PersistentVolumeClaim) {
+    strip(pvc);
+    let Some(spec) = pvc.spec.as_mut() else {
+        return;
+    };
+    if spec.volume_name.as_deref().is_none_or(str::is_empty) {
+        return;
+    }
+    *spec = PersistentVolumeClaimSpec {
+        volume_name: spec.volume_name.take(),
+        storage_class_name: spec.storage_class_name.take(),
+        ..Default::default()
+    };
+    pvc.status = pvc.status.take().map(|s| PersistentVolumeClaimStatus {
+        phase: s.phase,
+        ..Default::default()
+    });
+    let meta = &mut pvc.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+}
+
+fn cached<K>(
+    api: Api<K>,
+    strip: fn(&mut K),
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -182,14 +226,17 @@ where
 /// Runs both controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    ctx_parts: impl FnOnce(Store<StorageClass>, Store<PersistentVolume>) -> Context,
+    ctx_parts: impl FnOnce(Store<StorageClass>, Store<CachedVolume>) -> Context,
     concurrency: u16,
     ready: Arc<crate::http::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (classes, class_events) = cached(Api::<StorageClass>::all(client.clone()));
-    let (volumes, volume_events) = cached(Api::<PersistentVolume>::all(client.clone()));
-    let (claims, claim_events) = cached(Api::<PersistentVolumeClaim>::all(client.clone()));
+    let (classes, class_events) = cached(Api::<StorageClass>::all(client.clone()), strip);
+    let (volumes, volume_events) = cached(Api::<CachedVolume>::all(client.clone()), strip);
+    let (claims, claim_events) = cached(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        strip_bound_claim,
+    );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
     let config = ControllerConfig::default().concurrency(concurrency);
 
@@ -286,5 +333,68 @@ mod tests {
     fn backoff_grows_and_caps() {
         let got: Vec<u64> = (1..=12).map(|n| backoff_delay(n).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    fn claim(volume_name: Option<&str>) -> PersistentVolumeClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "c", "namespace": "ns", "uid": "u",
+                "labels": {"team": "a"},
+                "annotations": {
+                    "volume.kubernetes.io/storage-provisioner": "p",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}"
+                },
+                "managedFields": [{"manager": "kubectl"}]
+            },
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "nfs",
+                "volumeName": volume_name
+            },
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bound_claims_are_cached_as_bound_and_nothing_more() {
+        let mut c = claim(Some("pvc-u"));
+        strip_bound_claim(&mut c);
+        assert_eq!(c.metadata.name.as_deref(), Some("c"));
+        assert_eq!(c.metadata.uid.as_deref(), Some("u"));
+        assert!(c.metadata.annotations.is_none() && c.metadata.labels.is_none());
+        assert!(c.metadata.managed_fields.is_none());
+        let spec = c.spec.as_ref().unwrap();
+        assert_eq!(spec.volume_name.as_deref(), Some("pvc-u"));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
+        assert!(spec.access_modes.is_none() && spec.resources.is_none());
+        assert_eq!(c.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
+        assert!(c.status.as_ref().unwrap().capacity.is_none());
+        // Even with a class of ours, a claim that names a volume is left alone.
+        let class = StorageClass {
+            metadata: kube::api::ObjectMeta {
+                name: Some("nfs".into()),
+                ..Default::default()
+            },
+            provisioner: "p".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            crate::plan::decide_claim(&c, Some(&class), "p"),
+            crate::plan::ClaimDecision::Skip("claim already names a volume")
+        ));
+    }
+
+    #[test]
+    fn claims_waiting_for_a_volume_keep_what_provisioning_reads() {
+        let mut c = claim(None);
+        strip_bound_claim(&mut c);
+        assert!(c.metadata.managed_fields.is_none());
+        let ann = c.metadata.annotations.as_ref().unwrap();
+        assert!(ann.contains_key("volume.kubernetes.io/storage-provisioner"));
+        assert!(!ann.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert_eq!(c.metadata.labels.as_ref().unwrap()["team"], "a");
+        assert!(c.spec.as_ref().unwrap().resources.is_some());
     }
 }

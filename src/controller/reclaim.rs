@@ -11,14 +11,16 @@ use kube::runtime::events::EventType;
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
-use super::{Context, Error, name_of, uid_of};
+use super::cached_volume::CachedVolume;
+use super::{Context, Error, Reclaimed, name_of, uid_of};
 use crate::backend::{Removed, Renamed, Share, Target};
 use crate::metrics;
 use crate::params::OnDelete;
 use crate::plan::{self, FINALIZER, PvDecision, Recorded};
 
-#[instrument(skip_all, fields(pv = %name_of(pv.as_ref())))]
-pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(pv = %name_of(cached.as_ref())))]
+pub async fn reconcile(cached: Arc<CachedVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let pv = cached.to_volume();
     match plan::decide_pv(&pv, &ctx.provisioner) {
         PvDecision::Skip(why) => {
             debug!(why, "nothing to do");
@@ -31,9 +33,10 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             reclaim_data(&pv, &ctx).await?;
-            ctx.mark_reclaimed(&uid_of(pv.as_ref()));
+            let uid = uid_of(&pv);
+            ctx.mark_reclaimed(&uid, Reclaimed::Data);
             let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-            let name = name_of(pv.as_ref());
+            let name = name_of(&pv);
             match api.delete(&name, &DeleteParams::default()).await {
                 // Still there (held by finalizers): let go of ours now rather than on
                 // the next event, so the object goes as soon as the others let go.
@@ -45,19 +48,27 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
-            ctx.succeeded(&uid_of(pv.as_ref()));
+            ctx.mark_reclaimed(&uid, Reclaimed::Finalizer);
+            ctx.succeeded(&uid);
             Ok(Action::await_change())
         }
         PvDecision::ReleaseFinalizer { reclaim_first } => {
-            if reclaim_first && !ctx.was_reclaimed(&uid_of(pv.as_ref())) {
+            let uid = uid_of(&pv);
+            let done = ctx.reclaimed(&uid);
+            if done == Some(Reclaimed::Finalizer) {
+                debug!("our finalizer is already released; this event predates that");
+                return Ok(Action::await_change());
+            }
+            if reclaim_first && done.is_none() {
                 if claim_still_exists(&pv, &ctx).await? {
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
                 reclaim_data(&pv, &ctx).await?;
-                ctx.mark_reclaimed(&uid_of(pv.as_ref()));
+                ctx.mark_reclaimed(&uid, Reclaimed::Data);
             }
             release_finalizer(&pv, &ctx).await?;
-            ctx.succeeded(&uid_of(pv.as_ref()));
+            ctx.mark_reclaimed(&uid, Reclaimed::Finalizer);
+            ctx.succeeded(&uid);
             Ok(Action::await_change())
         }
     }
@@ -133,7 +144,10 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
     let sharing = plan::sharing_pvs(
         pv_name,
         &full,
-        ctx.volumes.state().iter().map(AsRef::as_ref),
+        ctx.volumes
+            .state()
+            .iter()
+            .map(|v| (v.metadata.name.as_deref().unwrap_or(""), v.nfs_path())),
     );
     if !sharing.is_empty() {
         return Err(Error::Refused(format!(
@@ -166,36 +180,27 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
     })
 }
 
-/// Removes our finalizer only. The resourceVersion makes each patch a compare-and-swap,
-/// so a concurrent change to the finalizers (the PV protection controller removes its own
-/// at the same moment) is never overwritten: on a conflict, read again and retry.
+/// Removes our finalizer only. A strategic-merge delete of that one list item cannot
+/// overwrite a concurrent change to the other finalizers (the PV protection controller
+/// removes its own at the same moment) and needs no resourceVersion, so it never
+/// conflicts: one request, where a compare-and-swap would often take three.
 async fn release_finalizer(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error> {
-    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let name = name_of(pv);
-    let mut current = pv.clone();
-    for _ in 0..5 {
-        let finalizers = current.metadata.finalizers.clone().unwrap_or_default();
-        if !finalizers.iter().any(|f| f == FINALIZER) {
-            return Ok(());
-        }
-        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-        let patch = json!({
-            "metadata": { "finalizers": kept, "resourceVersion": current.metadata.resource_version }
-        });
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
-                Some(fresh) => current = fresh,
-                None => return Ok(()),
-            },
-            Err(e) => return Err(e.into()),
-        }
+    let ours = |f: &Vec<String>| f.iter().any(|x| x == FINALIZER);
+    if !pv.metadata.finalizers.as_ref().is_some_and(ours) {
+        return Ok(());
     }
-    Err(Error::Refused(format!(
-        "finalizer of {name} kept changing under us; will retry"
-    )))
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let patch = json!({ "metadata": { "$deleteFromPrimitiveList/finalizers": [FINALIZER] } });
+    match api
+        .patch(
+            &name_of(pv),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,0 +1,126 @@
+//! The PersistentVolume as the cache keeps it: only what the controllers read.
+//!
+//! k8s-openapi's `PersistentVolumeSpec` holds every in-tree volume source inline, so
+//! each cached PV costs several KiB even when all of them are empty, and the cache
+//! holds every PV of the cluster, not only ours. This type keeps the metadata, the
+//! three spec fields reclaim reads and the status; a reconcile turns it back into a
+//! `PersistentVolume` with [`CachedVolume::to_volume`].
+
+use k8s_openapi::api::core::v1::{
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+    PersistentVolumeStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct CachedVolume {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<CachedVolumeSpec>,
+    #[serde(default)]
+    pub status: Option<PersistentVolumeStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedVolumeSpec {
+    #[serde(default)]
+    pub claim_ref: Option<ObjectReference>,
+    #[serde(default)]
+    pub nfs: Option<NFSVolumeSource>,
+    #[serde(default)]
+    pub persistent_volume_reclaim_policy: Option<String>,
+}
+
+impl CachedVolume {
+    pub fn to_volume(&self) -> PersistentVolume {
+        PersistentVolume {
+            metadata: self.metadata.clone(),
+            spec: self.spec.as_ref().map(|s| PersistentVolumeSpec {
+                claim_ref: s.claim_ref.clone(),
+                nfs: s.nfs.clone(),
+                persistent_volume_reclaim_policy: s.persistent_volume_reclaim_policy.clone(),
+                ..Default::default()
+            }),
+            status: self.status.clone(),
+        }
+    }
+
+    pub fn nfs_path(&self) -> Option<&str> {
+        Some(self.spec.as_ref()?.nfs.as_ref()?.path.as_str())
+    }
+}
+
+impl k8s_openapi::Resource for CachedVolume {
+    const API_VERSION: &'static str = <PersistentVolume as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <PersistentVolume as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <PersistentVolume as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <PersistentVolume as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str =
+        <PersistentVolume as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for CachedVolume {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_reclaim_reads_from_the_api_form() {
+        let json = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {
+                "name": "pvc-1",
+                "uid": "u-1",
+                "finalizers": ["external-provisioner.volume.kubernetes.io/finalizer"],
+                "annotations": {"pv.kubernetes.io/provisioned-by": "p"}
+            },
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "nfs": {"server": "10.0.0.1", "path": "/srv/a/dir"},
+                "claimRef": {"namespace": "ns", "name": "c", "uid": "cu"},
+                "persistentVolumeReclaimPolicy": "Delete",
+                "mountOptions": ["nfsvers=3"]
+            },
+            "status": {"phase": "Released"}
+        });
+        let cached: CachedVolume = serde_json::from_value(json.clone()).unwrap();
+        let full: PersistentVolume = serde_json::from_value(json).unwrap();
+        let back = cached.to_volume();
+        assert_eq!(back.metadata, full.metadata);
+        assert_eq!(back.status, full.status);
+        let (b, f) = (back.spec.unwrap(), full.spec.unwrap());
+        assert_eq!(b.claim_ref, f.claim_ref);
+        assert_eq!(b.nfs, f.nfs);
+        assert_eq!(
+            b.persistent_volume_reclaim_policy,
+            f.persistent_volume_reclaim_policy
+        );
+        assert_eq!(cached.nfs_path(), Some("/srv/a/dir"));
+        // What the slim form is for.
+        assert!(std::mem::size_of::<CachedVolume>() * 4 < std::mem::size_of::<PersistentVolume>());
+    }
+
+    #[test]
+    fn a_volume_without_spec_or_status_is_accepted() {
+        let cached: CachedVolume =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
+        assert!(cached.to_volume().spec.is_none());
+        assert_eq!(cached.nfs_path(), None);
+    }
+}
