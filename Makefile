@@ -42,7 +42,7 @@ help: ## list the targets
 build: ## cargo build --release (target/release/nfs3-provisioner)
 	@$(CARGO) build --release
 
-toolchain: ## add what `make test` needs and may be missing: rustfmt, clippy, a C compiler
+toolchain: ## add what `make test` needs and may be missing: rustfmt, clippy, a C compiler, shellcheck
 	@if ! $(CARGO) fmt --version >/dev/null 2>&1 || ! $(CARGO) clippy --version >/dev/null 2>&1; then
 	  echo "make: adding the rustfmt and clippy components"
 	  rustup component add rustfmt clippy
@@ -54,6 +54,14 @@ toolchain: ## add what `make test` needs and may be missing: rustfmt, clippy, a 
 	  export DEBIAN_FRONTEND=noninteractive
 	  apt-get install -y -q --no-install-recommends gcc libc6-dev ||
 	    { apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev; }
+	fi
+	# shellcheck for `make lint`; without root it is skipped there, not an error.
+	if ! command -v shellcheck >/dev/null && [[ $$(id -u) == 0 ]]; then
+	  echo "make: installing shellcheck"
+	  export DEBIAN_FRONTEND=noninteractive
+	  apt-get install -y -q --no-install-recommends shellcheck ||
+	    { apt-get update -q && apt-get install -y -q --no-install-recommends shellcheck; } ||
+	    echo "make: could not install shellcheck; make lint will skip it" >&2
 	fi
 
 lint: toolchain ## cargo fmt --check, clippy -D warnings, bash -n and shellcheck on the scripts
