@@ -97,6 +97,14 @@ impl Nfs3Share {
                 server: self.target.server.clone(),
                 reason: "connection pool closed".into(),
             })?;
+        self.session_with(permit).await
+    }
+
+    /// A pooled connection, or a new one, under a slot already held.
+    async fn session_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Session<'_>, BackendError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -114,17 +122,7 @@ impl Nfs3Share {
     /// operation must never wait on slots that operation's own session may be holding.
     async fn spare_session(&self) -> Option<Session<'_>> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => self.connect().await.ok()?,
-        };
-        Some(Session {
-            share: self,
-            conn: Some(conn),
-            broken: false,
-            _permit: permit,
-        })
+        self.session_with(permit).await.ok()
     }
 
     async fn connect(&self) -> Result<Conn, BackendError> {
