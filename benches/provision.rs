@@ -29,8 +29,7 @@
 //! tests/e2e/incumbent.sh builds), BENCH_OURS_BIN (instead of our release binary).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,6 +37,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+
+// The e2e tests' helpers: `export` lines of the scripts, free ports, plain HTTP GETs.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::cluster::{free_port, http_get};
+use common::parse_env;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -96,19 +101,6 @@ fn script(repo: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Res<
         return Err(format!("tests/e2e/{name} {} failed: {}", args.join(" "), out.status).into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn parse_env(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                v.trim_matches(|c| c == '"' || c == '\'').to_string(),
-            )
-        })
-        .collect()
 }
 
 impl Env {
@@ -297,7 +289,8 @@ impl Launch {
 
     fn ready(&self, proc: &mut Proc) -> bool {
         match self.subject {
-            Subject::Ours => http_get(self.http_port, "/readyz").is_some_and(|(c, _)| c == 200),
+            Subject::Ours => http_get(self.http_port, "/readyz", Duration::from_secs(2))
+                .is_some_and(|(c, _)| c == 200),
             _ => std::fs::read_to_string(&proc.log)
                 .is_ok_and(|t| t.contains("Started provisioner controller")),
         }
@@ -332,32 +325,6 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 // ---------------------------------------------------------------- footprint
@@ -2156,7 +2123,9 @@ async fn real_main() -> Res<()> {
     log("starting the environment (tests/e2e/cluster.sh up)");
     let mut host = HostState::default();
     script(&repo, "cluster.sh", &["up"], &[])?;
-    let vars = parse_env(&script(&repo, "cluster.sh", &["env"], &[])?);
+    let vars: HashMap<String, String> = parse_env(&script(&repo, "cluster.sh", &["env"], &[])?)
+        .into_iter()
+        .collect();
     let var = |k: &str| {
         vars.get(k)
             .cloned()

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+mod common;
+use common::parse_env;
+
 /// A kubectl call against a local API server.
 const KUBECTL_LIMIT: Duration = Duration::from_secs(120);
 /// `cluster.sh up`: a cold build of the control plane from source takes minutes.
@@ -130,15 +133,6 @@ fn run(cmd: &mut Command, stdin: Option<&str>, limit: Duration, show_progress: b
         stderr: err.join().unwrap_or_default(),
         took: started.elapsed(),
     }
-}
-
-/// `export K=V` lines, as the e2e scripts print them.
-fn parse_env(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
-        .collect()
 }
 
 // ------------------------------------------------------------------ the cluster
