@@ -1137,6 +1137,7 @@ mod tests {
             uid: 0,
             gid: 0,
             changed,
+            mtime: (0, 0),
         })
     }
     fn dir(age_days: i64) -> Entry {

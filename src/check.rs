@@ -63,33 +63,24 @@ pub async fn probe<S: Share>(share: &S) -> bool {
     ) else {
         return false;
     };
+    // One create does what provisioning does: make the directory, then chmod, chown and
+    // stamp it in one SETATTR.
+    let stamp = (1_000_000_000, 0);
     let mut ok = report(
-        "create a directory",
+        "create a directory, chmod and chown it, set its mtime",
         &share
             .create_dir(
                 &dir,
                 DirAttrs {
-                    mode: 0o700,
-                    uid: None,
-                    gid: None,
+                    mode: 0o777,
+                    uid: Some(65534),
+                    gid: Some(65534),
+                    stamp: Some(stamp),
                 },
             )
             .await,
     );
     if ok {
-        ok &= report(
-            "chmod and chown it",
-            &share
-                .create_dir(
-                    &dir,
-                    DirAttrs {
-                        mode: 0o777,
-                        uid: Some(65534),
-                        gid: Some(65534),
-                    },
-                )
-                .await,
-        );
         let st = share.stat(&dir).await;
         if let Ok(Some(st)) = &st
             && (st.uid != 65534 || st.mode & 0o777 != 0o777)
@@ -98,6 +89,14 @@ pub async fn probe<S: Share>(share: &S) -> bool {
                 "  FAIL  attributes did not stick (uid {}, mode {:o}): is root squashed?",
                 st.uid,
                 st.mode & 0o7777
+            );
+            ok = false;
+        } else if let Ok(Some(st)) = &st
+            && st.mtime.0 != stamp.0
+        {
+            println!(
+                "  FAIL  the modification time did not stick (got {}): retries after a crash will refuse their own directory",
+                st.mtime.0
             );
             ok = false;
         }

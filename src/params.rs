@@ -22,6 +22,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "mode",
     "uid",
     "gid",
+    "directorySharing",
+    "existingDirectory",
+    "caseInsensitive",
 ];
 
 /// What happens to a directory when its PV is released with reclaim policy Delete.
@@ -62,6 +65,29 @@ impl FromStr for OnDelete {
             }),
         }
     }
+}
+
+/// Who may have a volume whose directory equals, contains or lies inside another PV's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Every volume has a directory of its own: the default, and the only safe one
+    /// when templates take values that tenants control.
+    None,
+    /// Claims of one namespace may share a directory (several claims pointed at one
+    /// folder by a pathPattern); other namespaces never.
+    Namespace,
+    /// Anyone may: the class's owner takes responsibility for what its templates render.
+    Any,
+}
+
+/// What to do when the directory a claim renders to exists already and no PV records it
+/// (left by `retain`, by a PV deleted by hand, or data put there by someone else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse the claim: handing someone else's data to a new tenant is the worse error.
+    Refuse,
+    /// Take the directory as it is, without changing its mode or owner.
+    Adopt,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -115,6 +141,10 @@ pub struct ClassParams {
     pub mode: u32,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub sharing: Sharing,
+    pub existing: Existing,
+    /// The server treats names case-insensitively, so `Data` and `data` are one directory.
+    pub case_insensitive: bool,
 }
 
 /// Default directory mode: what nfs-subdir-external-provisioner users expect, so any
@@ -170,6 +200,43 @@ impl ClassParams {
             .unwrap_or(DEFAULT_MODE);
         let uid = get("uid").map(|v| parse_id("uid", v)).transpose()?;
         let gid = get("gid").map(|v| parse_id("gid", v)).transpose()?;
+        let sharing = match get("directorySharing") {
+            None | Some("none") => Sharing::None,
+            Some("namespace") => Sharing::Namespace,
+            Some("any") => Sharing::Any,
+            Some(other) => {
+                return Err(invalid(
+                    "directorySharing",
+                    other,
+                    "expected none, namespace or any",
+                ));
+            }
+        };
+        let existing = match get("existingDirectory") {
+            None | Some("refuse") => Existing::Refuse,
+            Some("adopt") => Existing::Adopt,
+            Some(other) => {
+                return Err(invalid(
+                    "existingDirectory",
+                    other,
+                    "expected refuse or adopt",
+                ));
+            }
+        };
+        let case_insensitive = match get("caseInsensitive")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(invalid(
+                    "caseInsensitive",
+                    get("caseInsensitive").unwrap_or_default(),
+                    "expected \"true\" or \"false\"",
+                ));
+            }
+        };
 
         Ok(Self {
             server,
@@ -181,7 +248,18 @@ impl ClassParams {
             mode,
             uid,
             gid,
+            sharing,
+            existing,
+            case_insensitive,
         })
+    }
+}
+
+fn invalid(key: &'static str, value: &str, why: &'static str) -> ParamError {
+    ParamError::Invalid {
+        key,
+        value: value.to_string(),
+        why,
     }
 }
 
@@ -303,6 +381,9 @@ mod tests {
                 ("mode", "0750"),
                 ("uid", "1000"),
                 ("gid", "2000"),
+                ("directorySharing", "namespace"),
+                ("existingDirectory", "adopt"),
+                ("caseInsensitive", "TRUE"),
             ]),
             &Defaults::default(),
         )
@@ -319,6 +400,29 @@ mod tests {
         );
         assert_eq!(c.on_delete, OnDelete::Retain);
         assert_eq!((c.mode, c.uid, c.gid), (0o750, Some(1000), Some(2000)));
+        assert_eq!(
+            (c.sharing, c.existing, c.case_insensitive),
+            (Sharing::Namespace, Existing::Adopt, true)
+        );
+    }
+
+    #[test]
+    fn isolation_defaults_are_the_safe_ones() {
+        let c = ClassParams::parse(&p(&[]), &defaults()).unwrap();
+        assert_eq!(
+            (c.sharing, c.existing, c.case_insensitive),
+            (Sharing::None, Existing::Refuse, false)
+        );
+        for (k, v) in [
+            ("directorySharing", "all"),
+            ("existingDirectory", "take"),
+            ("caseInsensitive", "yes"),
+        ] {
+            assert!(
+                matches!(ClassParams::parse(&p(&[(k, v)]), &defaults()), Err(ParamError::Invalid { key, .. }) if key == k),
+                "{k}={v}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum PathError {
     DotSegment(String),
     #[error("the directory path contains a NUL or control character")]
     ControlChar,
+    #[error(
+        "the directory path contains an invisible Unicode format character (such as a zero-width space or a direction override)"
+    )]
+    FormatChar,
     #[error("the directory name {0:?}... is longer than {MAX_SEGMENT} bytes")]
     SegmentTooLong(String),
     #[error("the directory path is longer than {MAX_PATH} bytes")]
@@ -50,6 +54,11 @@ impl RelPath {
         }
         if raw.chars().any(char::is_control) {
             return Err(PathError::ControlChar);
+        }
+        // Two names that look the same but differ by an invisible character would be
+        // two directories to the server and one to the person reading an event.
+        if raw.chars().any(is_format_char) {
+            return Err(PathError::FormatChar);
         }
         if raw.len() > MAX_PATH {
             return Err(PathError::TooLong);
@@ -101,6 +110,38 @@ impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.join("/"))
     }
+}
+
+/// Unicode's format characters (general category Cf): invisible, and never needed in a
+/// directory name.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// The form in which two absolute paths are compared for ownership: Unicode NFC (a
+/// server may store `é` composed or not, and some normalise), lower-cased for a
+/// case-insensitive server, without a trailing slash.
+pub fn compare_key(full_path: &str, case_insensitive: bool) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc: String = full_path.trim_end_matches('/').nfc().collect();
+    if case_insensitive {
+        nfc.to_lowercase()
+    } else {
+        nfc
+    }
+}
+
+/// Whether `inner` is `outer` or lies below it (both in [`compare_key`] form).
+pub fn nests(inner: &str, outer: &str) -> bool {
+    inner == outer
+        || outer.is_empty()
+        || inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Normalises an export path (`/srv/nfs/`, `/srv//nfs`) so the same share is always
@@ -229,6 +270,66 @@ pub fn render(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The variables a template names, in order.
+fn variables(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        out.push(after[..end].trim());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Label and annotation keys a template reads: all of a claim's metadata the cache keeps.
+pub fn used_keys(template: &str, dialect: Dialect) -> (Vec<String>, Vec<String>) {
+    let (mut labels, mut annotations) = (Vec::new(), Vec::new());
+    if dialect == Dialect::PathPattern {
+        for var in variables(template) {
+            if let Some(k) = var.strip_prefix(".PVC.labels.") {
+                labels.push(k.to_string());
+            } else if let Some(k) = var.strip_prefix(".PVC.annotations.") {
+                annotations.push(k.to_string());
+            }
+        }
+    }
+    (labels, annotations)
+}
+
+/// Why a template can render the same or nested directories for claims of different
+/// namespaces, or `None` when it cannot: its first segment is the namespace alone, or it
+/// ends each path with the PV name (unique per claim) and takes no annotation (the
+/// only tenant value that may hold a `/`). The ownership check refuses such claims at
+/// provisioning anyway; this is for telling the class's owner early.
+pub fn collision_risk(template: &str, dialect: Dialect) -> Option<&'static str> {
+    let (ns, pv) = match dialect {
+        Dialect::PathPattern => (".PVC.namespace", ".PV.name"),
+        Dialect::SubDir => ("pvc.metadata.namespace", "pv.metadata.name"),
+    };
+    let first = template.split('/').next().unwrap_or_default();
+    let first_vars = variables(first);
+    let namespace_first =
+        first_vars == [ns] && first.trim().starts_with("${") && first.trim().ends_with('}');
+    if namespace_first {
+        return None;
+    }
+    let vars = variables(template);
+    let takes_annotation = vars.iter().any(|v| v.starts_with(".PVC.annotations."));
+    let tenant_values = vars.iter().any(|v| *v != ns && *v != pv);
+    let last = template.rsplit('/').next().unwrap_or_default();
+    let pv_last = variables(last).contains(&pv);
+    if pv_last && !takes_annotation {
+        return None;
+    }
+    Some(if tenant_values {
+        "it takes values a tenant controls (claim name, labels or annotations) and does not start with the namespace as a path segment of its own"
+    } else {
+        "it does not start with the namespace as a path segment of its own, so claims of different namespaces can render the same directory"
+    })
 }
 
 /// Checks a template's syntax and variable names without a claim, so a bad class is

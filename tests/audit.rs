@@ -178,6 +178,7 @@ async fn audit_reports_and_prunes_on_a_real_share() {
                 mode: 0o777,
                 uid: None,
                 gid: None,
+                stamp: None,
             },
         )
         .await

@@ -125,6 +125,7 @@ async fn nfs3_concurrent_creates_and_removes() {
                         mode: 0o777,
                         uid: None,
                         gid: None,
+                        stamp: None,
                     },
                 )
                 .await

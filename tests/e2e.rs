@@ -253,7 +253,7 @@ async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says
     );
     assert_eq!(
         dir_of("nfs3-metadata-pvc"),
-        PathBuf::from(format!("{}/{ns}/reports", export1()))
+        PathBuf::from(format!("{}/{ns}/{ns}/reports", export1()))
     );
     let owned = dir_of("nfs3-mode-uid-gid-pvc");
     let md = std::fs::metadata(&owned).expect("stat");

@@ -23,6 +23,18 @@ pub struct DirAttrs {
     pub mode: u32,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Modification time (seconds, nanoseconds) given to the new directory, so a retry
+    /// can tell it from one that was there before (see `plan::ownership::stamp`).
+    pub stamp: Option<(u32, u32)>,
+}
+
+/// What `create_dir` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Made {
+    /// The directory was made now, with the attributes asked for.
+    Created,
+    /// It was there already: nothing about it was changed.
+    Existed(Stat),
 }
 
 /// Mode of parent directories a nested template creates: traversable by any pod, but
@@ -47,6 +59,8 @@ pub struct Stat {
     /// later of mtime and ctime. Renaming (archiving) sets ctime, so an archive's age
     /// counts from when it was archived, not from the last write inside it.
     pub changed: i64,
+    /// Modification time as (seconds, nanoseconds), exactly as the server keeps it.
+    pub mtime: (u32, u32),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,12 +156,14 @@ fn hint(reason: &str) -> &'static str {
 /// One share, as the provisioner sees it. Paths are relative to the share root and
 /// already validated; implementations must still never follow a symlink.
 pub trait Share: Send + Sync {
-    /// Creates `dir` and any missing parents, and applies `attrs` to `dir`.
+    /// Creates `dir` and any missing parents, and applies `attrs` to `dir` if, and only
+    /// if, this call made it: an existing directory (someone else's data, perhaps) is
+    /// reported, never chmod-ed or chown-ed. Parents that exist are left as they are.
     fn create_dir(
         &self,
         dir: &RelPath,
         attrs: DirAttrs,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+    ) -> impl Future<Output = Result<Made, BackendError>> + Send;
     /// Removes `dir` and everything below it, without following symlinks.
     fn remove_tree(
         &self,
@@ -204,7 +220,7 @@ macro_rules! delegate {
 }
 
 impl Share for AnyShare {
-    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<(), BackendError> {
+    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<Made, BackendError> {
         delegate!(self, create_dir(dir, attrs))
     }
     async fn remove_tree(&self, dir: &RelPath) -> Result<Removed, BackendError> {

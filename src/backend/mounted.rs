@@ -7,7 +7,9 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share, Space, Stat};
+use super::{
+    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat,
+};
 use crate::path::RelPath;
 
 pub struct MountedShare {
@@ -112,33 +114,67 @@ fn count_entries(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+fn stat_of(m: &fs::Metadata) -> Stat {
+    Stat {
+        kind: kind_of(m.file_type()),
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        changed: m.mtime().max(m.ctime()),
+        mtime: (
+            u32::try_from(m.mtime()).unwrap_or(0),
+            u32::try_from(m.mtime_nsec()).unwrap_or(0),
+        ),
+    }
+}
+
+/// Sets the modification time without following a symlink put in the directory's place.
+fn set_mtime(path: &Path, (secs, nsecs): (u32, u32)) -> Result<(), BackendError> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT, utimensat};
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: i64::from(secs),
+            tv_nsec: i64::from(nsecs),
+        },
+    };
+    utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io("utimensat", path)(e.into()))
+}
+
 impl Share for MountedShare {
-    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<(), BackendError> {
+    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<Made, BackendError> {
         let dir = dir.clone();
         self.blocking(move |root| {
             let mut at = root.to_path_buf();
             let last = dir.segments().len() - 1;
             for (i, seg) in dir.segments().iter().enumerate() {
                 at.push(seg);
-                match lstat(&at)? {
-                    Some(m) => require_dir(&m, &at)?,
-                    None => {
-                        match fs::create_dir(&at) {
-                            Ok(()) => {}
-                            // Raced with another writer: fine if it is a directory.
-                            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                            Err(e) => return Err(io("mkdir", &at)(e)),
+                let made = match fs::create_dir(&at) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(io("mkdir", &at)(e)),
+                };
+                let m = lstat(&at)?
+                    .ok_or_else(|| io("mkdir", &at)(std::io::Error::from(ErrorKind::NotFound)))?;
+                require_dir(&m, &at)?;
+                match (i < last, made) {
+                    (true, true) => set_attrs(&at, PARENT_MODE, None, None)?,
+                    (true, false) => {}
+                    (false, true) => {
+                        set_attrs(&at, attrs.mode, attrs.uid, attrs.gid)?;
+                        if let Some(stamp) = attrs.stamp {
+                            set_mtime(&at, stamp)?;
                         }
-                        if let Some(m) = lstat(&at)? {
-                            require_dir(&m, &at)?;
-                        }
-                        if i < last {
-                            set_attrs(&at, PARENT_MODE, None, None)?;
-                        }
+                        return Ok(Made::Created);
                     }
+                    (false, false) => return Ok(Made::Existed(stat_of(&m))),
                 }
             }
-            set_attrs(&at, attrs.mode, attrs.uid, attrs.gid)
+            Ok(Made::Created)
         })
         .await
     }
@@ -200,13 +236,7 @@ impl Share for MountedShare {
             let Some(parent) = walk(root, path.parent_segments())? else {
                 return Ok(None);
             };
-            Ok(lstat(&parent.join(path.leaf()))?.map(|m| Stat {
-                kind: kind_of(m.file_type()),
-                mode: m.mode(),
-                uid: m.uid(),
-                gid: m.gid(),
-                changed: m.mtime().max(m.ctime()),
-            }))
+            Ok(lstat(&parent.join(path.leaf()))?.map(|m| stat_of(&m)))
         })
         .await
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nfs3_client::nfs3_types::nfs3::{
     self, FSSTAT3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
     READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, diropargs3, fattr3,
-    filename3, ftype3, nfs_fh3, nfsstat3, sattr3,
+    filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, sattr3, set_mtime,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::tokio::{TokioConnector, TokioIo};
@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
+    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
 };
 use crate::metrics;
 use crate::path::RelPath;
@@ -397,7 +397,14 @@ fn stat_of(a: &fattr3) -> Stat {
         uid: a.uid,
         gid: a.gid,
         changed: i64::from(a.mtime.seconds.max(a.ctime.seconds)),
+        mtime: (a.mtime.seconds, a.mtime.nseconds),
     }
+}
+
+/// What MKDIR found: a directory it made, or an entry already there (with attributes).
+enum Mkdir {
+    Made(nfs_fh3),
+    Existed(nfs_fh3, fattr3),
 }
 
 fn sattr(mode: u32, uid: Option<u32>, gid: Option<u32>) -> sattr3 {
@@ -477,7 +484,7 @@ impl Session<'_> {
         entry: &str,
         mode: u32,
         path: &str,
-    ) -> Result<nfs_fh3, BackendError> {
+    ) -> Result<Mkdir, BackendError> {
         let args = MKDIR3args {
             where_: diropargs3 {
                 dir: dir.clone(),
@@ -487,29 +494,29 @@ impl Session<'_> {
         };
         match rpc!(self, "MKDIR", mkdir, &args)? {
             Nfs3Result::Ok(ok) => match ok.obj {
-                Nfs3Option::Some(fh) => Ok(fh),
-                Nfs3Option::None => self.existing_dir(dir, entry, path).await,
+                Nfs3Option::Some(fh) => Ok(Mkdir::Made(fh)),
+                Nfs3Option::None => {
+                    let (fh, _) = self.existing(dir, entry, path).await?;
+                    Ok(Mkdir::Made(fh))
+                }
             },
-            // Another replica or an earlier attempt got there first.
             Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {
-                self.existing_dir(dir, entry, path).await
+                let (fh, attrs) = self.existing(dir, entry, path).await?;
+                Ok(Mkdir::Existed(fh, attrs))
             }
             Nfs3Result::Err((stat, _)) => Err(status("MKDIR", path, stat)),
         }
     }
 
-    async fn existing_dir(
+    async fn existing(
         &mut self,
         dir: &nfs_fh3,
         entry: &str,
         path: &str,
-    ) -> Result<nfs_fh3, BackendError> {
-        let (fh, attrs) = self
-            .lookup(dir, entry.as_bytes(), path)
+    ) -> Result<(nfs_fh3, fattr3), BackendError> {
+        self.lookup(dir, entry.as_bytes(), path)
             .await?
-            .ok_or_else(|| status("MKDIR", path, nfsstat3::NFS3ERR_NOENT))?;
-        require_dir(&attrs, path)?;
-        Ok(fh)
+            .ok_or_else(|| status("MKDIR", path, nfsstat3::NFS3ERR_NOENT))
     }
 
     async fn setattr(
@@ -699,36 +706,42 @@ impl<T, E> MapStatus for Nfs3Result<T, E> {
 }
 
 impl Share for Nfs3Share {
-    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<(), BackendError> {
+    async fn create_dir(&self, dir: &RelPath, attrs: DirAttrs) -> Result<Made, BackendError> {
         let mut s = self.session().await?;
         let mut fh = s.root();
         let segments = dir.segments();
         for (i, seg) in segments.iter().enumerate() {
             let path = segments[..=i].join("/");
             let is_leaf = i + 1 == segments.len();
-            fh = match s.lookup(&fh, seg.as_bytes(), &path).await? {
-                Some((child, a)) => {
-                    require_dir(&a, &path)?;
-                    child
-                }
-                None if is_leaf => s.mkdir(&fh, seg, attrs.mode, &path).await?,
-                None => {
+            let mode = if is_leaf { attrs.mode } else { PARENT_MODE };
+            // MKDIR is exclusive on the server: EXIST tells a directory made by someone
+            // else (or an earlier attempt) from one made now, with no window between a
+            // look and a make.
+            match s.mkdir(&fh, seg, mode, &path).await? {
+                Mkdir::Made(child) => {
                     // A server umask may narrow the mode given to MKDIR; set it as meant.
-                    let parent = s.mkdir(&fh, seg, PARENT_MODE, &path).await?;
-                    s.setattr(&parent, sattr(PARENT_MODE, None, None), &path)
-                        .await?;
-                    parent
+                    let set = if is_leaf {
+                        let mut a = sattr(attrs.mode, attrs.uid, attrs.gid);
+                        if let Some((seconds, nseconds)) = attrs.stamp {
+                            a.mtime = set_mtime::SET_TO_CLIENT_TIME(nfstime3 { seconds, nseconds });
+                        }
+                        a
+                    } else {
+                        sattr(PARENT_MODE, None, None)
+                    };
+                    s.setattr(&child, set, &path).await?;
+                    fh = child;
                 }
-            };
+                Mkdir::Existed(child, a) => {
+                    require_dir(&a, &path)?;
+                    if is_leaf {
+                        return Ok(Made::Existed(stat_of(&a)));
+                    }
+                    fh = child;
+                }
+            }
         }
-        // Applied to an existing leaf too: a retry must end where a first attempt would.
-        s.setattr(
-            &fh,
-            sattr(attrs.mode, attrs.uid, attrs.gid),
-            &dir.to_string(),
-        )
-        .await?;
-        Ok(())
+        Ok(Made::Created)
     }
 
     async fn remove_tree(&self, dir: &RelPath) -> Result<Removed, BackendError> {

@@ -2,11 +2,12 @@
 //! ([`provision`]) and one that reclaims released volumes ([`reclaim`]).
 
 pub mod cached_volume;
+mod directories;
 mod provision;
 mod reclaim;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -24,6 +25,8 @@ use tracing::{info, warn};
 
 use crate::backend::{BackendError, Shares};
 use crate::params::Defaults;
+use crate::path::{self, Dialect};
+use crate::plan;
 use cached_volume::CachedVolume;
 
 #[derive(Debug, Error)]
@@ -34,6 +37,12 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error("{0}")]
     Refused(String),
+    /// The claim's directory exists and nothing says it may be handed over.
+    #[error("{0}")]
+    Existing(String),
+    /// Another volume goes first; this one is retried.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 pub struct Context {
@@ -44,6 +53,7 @@ pub struct Context {
     pub shares: Shares,
     pub classes: Store<StorageClass>,
     pub volumes: Store<CachedVolume>,
+    directories: directories::Directories,
     /// Consecutive failures per object uid, for exponential backoff that never gives up.
     failures: Mutex<HashMap<String, u32>>,
     /// PV uids this process has just reclaimed, and how far. Deleting the PV brings one
@@ -80,6 +90,7 @@ impl Context {
             shares,
             classes,
             volumes,
+            directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
         }
@@ -160,6 +171,10 @@ pub fn backoff_delay(failures: u32) -> Duration {
 }
 
 fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(err, Error::Waiting(_)) {
+        // Soon: the volume it waits for is usually reclaimed within seconds.
+        return Action::requeue(Duration::from_secs(5));
+    }
     let uid = obj.meta().uid.clone().unwrap_or_default();
     let delay = ctx.backoff(&uid);
     warn!(name = obj.meta().name.as_deref().unwrap_or(""), error = %err, retry_in = ?delay, "reconcile failed");
@@ -174,36 +189,136 @@ fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
-/// A claim that names a volume is never provisioned again (it stays bound, or goes
-/// Lost), so of those, the cache keeps only what says so: with thousands of bound
-/// claims in a cluster, their labels, annotations and status are most of the cache.
-fn strip_bound_claim(pvc: &mut PersistentVolumeClaim) {
-    strip(pvc);
-    let Some(spec) = pvc.spec.as_mut() else {
-        return;
-    };
-    if spec.volume_name.as_deref().is_none_or(str::is_empty) {
-        return;
+/// What of a claim's metadata the served classes read: the cache keeps only that, so a
+/// tenant cannot grow the provisioner's memory with labels and annotations on claims
+/// (of any class) that it never looks at.
+#[derive(Debug, Default)]
+pub struct Served {
+    classes: HashSet<String>,
+    labels: HashSet<String>,
+    annotations: HashSet<String>,
+    /// Classes already warned about, with the template warned about.
+    warned: HashSet<(String, String)>,
+}
+
+/// Annotations provisioning reads whatever the class.
+const READ_ANNOTATIONS: &[&str] = &[
+    plan::ANN_STORAGE_PROVISIONER,
+    plan::ANN_STORAGE_PROVISIONER_BETA,
+    plan::ANN_SELECTED_NODE,
+    plan::ANN_CLASS_BETA,
+];
+
+/// Marks a cached claim that lost labels or annotations to [`strip_claim`]: if its class
+/// turns out to need them (a class made after the claim), provisioning reads it again.
+pub(crate) const ANN_STRIPPED: &str = "nfs3-provisioner.io/cache-stripped";
+
+/// Longest template value kept: a longer one cannot make a valid path anyway (1024
+/// bytes at most), and this much still fails path validation the same way.
+const MAX_KEPT_VALUE: usize = 1025;
+
+impl Served {
+    /// Recomputes what the classes of `provisioner` read, and warns once per class whose
+    /// template lets claims of different namespaces collide.
+    fn update(&mut self, classes: &[Arc<StorageClass>], provisioner: &str) {
+        self.classes.clear();
+        self.labels.clear();
+        self.annotations.clear();
+        for class in classes.iter().filter(|c| c.provisioner == provisioner) {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            self.classes.insert(name.clone());
+            let params = class.parameters.clone().unwrap_or_default();
+            let template = [
+                ("pathPattern", Dialect::PathPattern),
+                ("subDir", Dialect::SubDir),
+            ]
+            .into_iter()
+            .find_map(|(k, d)| params.get(k).map(|t| (t.clone(), d)));
+            let Some((template, dialect)) = template else {
+                continue;
+            };
+            let (labels, annotations) = path::used_keys(&template, dialect);
+            self.labels.extend(labels);
+            self.annotations.extend(annotations);
+            let sharing = params.get("directorySharing").map(String::as_str);
+            if let Some(why) = path::collision_risk(&template, dialect)
+                && sharing != Some("any")
+                && self.warned.insert((name.clone(), template.clone()))
+            {
+                warn!(
+                    class = name,
+                    template,
+                    "StorageClass template can give claims of different namespaces the same or nested directories: {why}; such claims are refused, but a safer template starts with the namespace as a segment of its own, e.g. \"${{.PVC.namespace}}/${{.PVC.name}}\""
+                );
+            }
+        }
     }
-    *spec = PersistentVolumeClaimSpec {
-        volume_name: spec.volume_name.take(),
-        storage_class_name: spec.storage_class_name.take(),
-        ..Default::default()
-    };
+}
+
+/// Strips a claim to what provisioning reads. A claim that names a volume is never
+/// provisioned again (it stays bound, or goes Lost), so of those, the cache keeps only
+/// what says so: with thousands of bound claims in a cluster, their labels, annotations
+/// and status are most of the cache.
+fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
+    strip(pvc);
+    let meta = &mut pvc.metadata;
+    meta.owner_references = None;
+    meta.finalizers = None;
     pvc.status = pvc.status.take().map(|s| PersistentVolumeClaimStatus {
         phase: s.phase,
         ..Default::default()
     });
+    let Some(spec) = pvc.spec.as_mut() else {
+        return;
+    };
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        *spec = PersistentVolumeClaimSpec {
+            volume_name: spec.volume_name.take(),
+            storage_class_name: spec.storage_class_name.take(),
+            ..Default::default()
+        };
+        let meta = &mut pvc.metadata;
+        meta.annotations = None;
+        meta.labels = None;
+        return;
+    }
+    let ours = plan::class_name(pvc).is_some_and(|c| served.classes.contains(c));
     let meta = &mut pvc.metadata;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
+    let mut stripped = false;
+    if let Some(labels) = meta.labels.as_mut() {
+        let before = labels.len();
+        labels.retain(|k, _| ours && served.labels.contains(k));
+        labels.values_mut().for_each(truncate);
+        stripped |= labels.len() != before;
+    }
+    if let Some(ann) = meta.annotations.as_mut() {
+        let before = ann.len();
+        ann.retain(|k, _| {
+            READ_ANNOTATIONS.contains(&k.as_str()) || (ours && served.annotations.contains(k))
+        });
+        ann.values_mut().for_each(truncate);
+        stripped |= ann.len() != before;
+    }
+    if stripped {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANN_STRIPPED.to_string(), String::new());
+    }
+}
+
+fn truncate(v: &mut String) {
+    if v.len() > MAX_KEPT_VALUE {
+        let mut cut = MAX_KEPT_VALUE;
+        while !v.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        v.truncate(cut);
+    }
 }
 
 fn cached<K>(
     api: Api<K>,
-    strip: fn(&mut K),
+    strip: impl FnMut(&mut K) + Send + 'static,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
 where
     K: Resource<DynamicType = ()>
@@ -233,15 +348,30 @@ pub async fn run(
 ) {
     let (classes, class_events) = cached(Api::<StorageClass>::all(client.clone()), strip);
     let (volumes, volume_events) = cached(Api::<CachedVolume>::all(client.clone()), strip);
-    let (claims, claim_events) = cached(
-        Api::<PersistentVolumeClaim>::all(client.clone()),
-        strip_bound_claim,
-    );
+    let served = Arc::new(RwLock::new(Served::default()));
+    let (claims, claim_events) = cached(Api::<PersistentVolumeClaim>::all(client.clone()), {
+        let served = served.clone();
+        move |pvc: &mut PersistentVolumeClaim| {
+            strip_claim(pvc, &served.read().unwrap_or_else(|p| p.into_inner()));
+        }
+    });
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.
-    let class_changed = class_events.filter_map(|r| async move { r.ok().map(|_| ()) });
+    // The store already holds the change when its event comes through here.
+    let class_changed = class_events.filter_map({
+        let (classes, provisioner) = (classes.clone(), ctx.provisioner.clone());
+        move |r| {
+            if r.is_ok() {
+                served
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .update(&classes.state(), &provisioner);
+            }
+            async move { r.ok().map(|_| ()) }
+        }
+    });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -290,11 +420,24 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
     Event {
         type_,
         reason: reason.into(),
-        // The API caps notes at 1 kB.
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(cap_note(note)),
         action: reason.into(),
         secondary: None,
     }
+}
+
+/// The API refuses notes over 1 kB (bytes, not characters): cut at a character boundary.
+fn cap_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut cut = MAX - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
 }
 
 /// Waits for a store's first full list. The controller waits on the same store, and a
@@ -330,6 +473,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn event_notes_fit_in_1024_bytes_whatever_the_characters() {
+        for s in [
+            "a".repeat(5000),
+            "\u{e9}".repeat(2000),
+            "\u{1F600}".repeat(700),
+        ] {
+            let n = cap_note(s.clone());
+            assert!(n.len() <= 1024, "{}", n.len());
+            assert!(n.ends_with("..."));
+        }
+        assert_eq!(cap_note("short".into()), "short");
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         let got: Vec<u64> = (1..=12).map(|n| backoff_delay(n).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
@@ -360,7 +517,7 @@ mod tests {
     #[test]
     fn bound_claims_are_cached_as_bound_and_nothing_more() {
         let mut c = claim(Some("pvc-u"));
-        strip_bound_claim(&mut c);
+        strip_claim(&mut c, &Served::default());
         assert_eq!(c.metadata.name.as_deref(), Some("c"));
         assert_eq!(c.metadata.uid.as_deref(), Some("u"));
         assert!(c.metadata.annotations.is_none() && c.metadata.labels.is_none());
@@ -388,13 +545,41 @@ mod tests {
 
     #[test]
     fn claims_waiting_for_a_volume_keep_what_provisioning_reads() {
+        let served = Served {
+            classes: HashSet::from(["nfs".to_string()]),
+            labels: HashSet::from(["team".to_string()]),
+            annotations: HashSet::from(["example.com/folder".to_string()]),
+            warned: HashSet::new(),
+        };
         let mut c = claim(None);
-        strip_bound_claim(&mut c);
+        let meta = &mut c.metadata;
+        let labels = meta.labels.as_mut().unwrap();
+        labels.insert("huge".into(), "x".repeat(60));
+        labels.insert("team".into(), "a".into());
+        let ann = meta.annotations.as_mut().unwrap();
+        ann.insert("example.com/folder".into(), "y".repeat(300_000));
+        ann.insert("example.com/other".into(), "z".repeat(300_000));
+        strip_claim(&mut c, &served);
         assert!(c.metadata.managed_fields.is_none());
         let ann = c.metadata.annotations.as_ref().unwrap();
         assert!(ann.contains_key("volume.kubernetes.io/storage-provisioner"));
         assert!(!ann.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
-        assert_eq!(c.metadata.labels.as_ref().unwrap()["team"], "a");
+        assert!(!ann.contains_key("example.com/other"));
+        assert_eq!(ann["example.com/folder"].len(), MAX_KEPT_VALUE);
+        assert!(ann.contains_key(ANN_STRIPPED));
+        let labels = c.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.len(), 1);
+        assert_eq!(labels["team"], "a");
         assert!(c.spec.as_ref().unwrap().resources.is_some());
+        assert!(c.status.as_ref().unwrap().capacity.is_none());
+
+        // A claim of a class that is not ours keeps no label and only the annotations
+        // every claim is read for.
+        let mut foreign = claim(None);
+        foreign.spec.as_mut().unwrap().storage_class_name = Some("other".into());
+        strip_claim(&mut foreign, &served);
+        assert!(foreign.metadata.labels.as_ref().unwrap().is_empty());
+        let ann = foreign.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann.len(), 2, "{ann:?}");
     }
 }

@@ -1,7 +1,7 @@
 //! Claim in, directory and PV out.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Api;
@@ -11,10 +11,12 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, info, instrument};
 
+use super::directories::Reservation;
 use super::{Context, Error, name_of, uid_of};
-use crate::backend::{DirAttrs, Share, Target};
+use crate::backend::{DirAttrs, Made, Share, Target};
 use crate::metrics;
-use crate::plan::{self, ClaimDecision};
+use crate::params::Existing;
+use crate::plan::{self, ClaimDecision, ownership};
 
 #[instrument(skip_all, fields(claim = %name_of(pvc.as_ref())))]
 pub async fn reconcile(
@@ -61,6 +63,27 @@ async fn provision(
         debug!(pv = pv_name, "volume exists; the control plane binds it");
         return Ok(Action::await_change());
     }
+    let fresh;
+    let pvc = if needs_fresh_copy(pvc, class) {
+        // Cached before its class was known, and stripped of what the class's template
+        // now reads: read it once from the API server.
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(
+            ctx.client.clone(),
+            pvc.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        match api
+            .get_opt(pvc.metadata.name.as_deref().unwrap_or_default())
+            .await?
+        {
+            Some(c) if c.metadata.uid == pvc.metadata.uid => {
+                fresh = c;
+                &fresh
+            }
+            _ => return Ok(Action::await_change()),
+        }
+    } else {
+        pvc
+    };
     let volume = match plan::plan_volume(pvc, class, &ctx.defaults, &ctx.provisioner) {
         Ok(v) => v,
         Err(e) => {
@@ -70,6 +93,33 @@ async fn provision(
                 .await;
             metrics::provisioned(started.elapsed(), false);
             return Ok(Action::await_change());
+        }
+    };
+    let namespace = pvc.metadata.namespace.as_deref().unwrap_or_default();
+    // Checked against every PV and every provisioning under way, and held until our PV is
+    // in the cache: two claims rendering the same directory cannot both pass.
+    let reservation = match ctx
+        .directories
+        .reserve(&volume, namespace, &pv_name, &ctx.volumes)
+    {
+        Ok(r) => r,
+        Err(conflict) => {
+            info!(pv = pv_name, %conflict, other = conflict.other(), "directory refused");
+            ctx.publish(
+                pvc,
+                EventType::Warning,
+                "ProvisioningFailed",
+                conflict.to_string(),
+            )
+            .await;
+            metrics::provisioned(started.elapsed(), false);
+            // A released volume is usually reclaimed within seconds; a live one may go
+            // too (its claim deleted a moment ago), and nothing tells this claim when.
+            return Ok(Action::requeue(if conflict.is_transient() {
+                Duration::from_secs(5)
+            } else {
+                ctx.backoff(&uid_of(pvc))
+            }));
         }
     };
     // The event and the work go together: waiting for the event first would add an
@@ -83,23 +133,26 @@ async fn provision(
             name_of(pvc)
         ),
     );
-    let ((), result) = tokio::join!(announce, create(pvc, &volume, ctx));
+    let ((), result) = tokio::join!(announce, create(pvc, &volume, &reservation, ctx));
     metrics::provisioned(started.elapsed(), result.is_ok());
     match result {
         Ok(()) => {
+            reservation.keep();
             ctx.succeeded(&uid_of(pvc));
             info!(pv = pv_name, path = volume.full_path(), took = ?started.elapsed(), "provisioned");
+            // The claim's owner sees this; it says no more than the claim itself shows.
             ctx.publish_detached(
                 pvc,
                 EventType::Normal,
                 "ProvisioningSucceeded",
-                format!(
-                    "Successfully provisioned volume {pv_name} at {}:{}",
-                    volume.params.server,
-                    volume.full_path()
-                ),
+                format!("Successfully provisioned volume {pv_name}"),
             );
             Ok(Action::await_change())
+        }
+        Err(Error::Existing(msg)) => {
+            ctx.publish(pvc, EventType::Warning, "ProvisioningFailed", msg)
+                .await;
+            Ok(Action::requeue(ctx.backoff(&uid_of(pvc))))
         }
         Err(e) => {
             ctx.publish(
@@ -117,9 +170,25 @@ async fn provision(
     }
 }
 
+fn needs_fresh_copy(
+    pvc: &PersistentVolumeClaim,
+    class: &k8s_openapi::api::storage::v1::StorageClass,
+) -> bool {
+    let stripped = pvc
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(super::ANN_STRIPPED));
+    let params = class.parameters.as_ref();
+    let template = params.and_then(|p| p.get("pathPattern"));
+    stripped
+        && template.is_some_and(|t| t.contains(".PVC.labels.") || t.contains(".PVC.annotations."))
+}
+
 async fn create(
     pvc: &PersistentVolumeClaim,
     volume: &plan::VolumePlan,
+    reservation: &Reservation<'_>,
     ctx: &Context,
 ) -> Result<(), Error> {
     let p = &volume.params;
@@ -130,16 +199,29 @@ async fn create(
         mount_port: p.mount_port,
     };
     let share = ctx.shares.get(&target)?;
-    share
+    let uid = uid_of(pvc);
+    let made = share
         .create_dir(
             &volume.directory,
             DirAttrs {
                 mode: p.mode,
                 uid: p.uid,
                 gid: p.gid,
+                stamp: Some(ownership::stamp(&uid)),
             },
         )
         .await?;
+    if let Made::Existed(st) = made {
+        let ours = ownership::is_stamped(&uid, st.mtime);
+        let shared = !reservation.shared_with().is_empty();
+        debug!(ours, shared, existing = ?p.existing, "directory exists");
+        if !ours && !shared && p.existing == Existing::Refuse {
+            return Err(Error::Existing(format!(
+                "directory {} already exists and no PersistentVolume records it (left by a retained or deleted volume, or made by someone else); it is not handed to a new claim unless the StorageClass sets existingDirectory: adopt",
+                volume.full_path()
+            )));
+        }
+    }
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api.create(&PostParams::default(), &volume.pv).await {
         Ok(_) => Ok(()),

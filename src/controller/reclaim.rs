@@ -12,10 +12,11 @@ use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::cached_volume::CachedVolume;
-use super::{Context, Error, Reclaimed, name_of, uid_of};
+use super::{Context, Error, Reclaimed, directories, name_of, uid_of};
 use crate::backend::{Removed, Renamed, Share, Target};
 use crate::metrics;
 use crate::params::OnDelete;
+use crate::plan::release::{CoUser, SharedRelease, shared_release};
 use crate::plan::{self, FINALIZER, PvDecision, Recorded};
 
 #[instrument(skip_all, fields(pv = %name_of(cached.as_ref())))]
@@ -117,6 +118,11 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
     };
     let action = rec.on_delete.as_str();
     let result = act(&pv_name, &rec, ctx).await;
+    if let Err(Error::Waiting(why)) = &result {
+        // Nothing failed: another volume of the same directory goes first.
+        debug!(why, "waiting");
+        return result.map(|_| ());
+    }
     metrics::deleted(action, started.elapsed(), result.is_ok());
     match result {
         Ok(what) => {
@@ -141,20 +147,47 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
         return Ok("retained");
     }
     let full = plan::join_share(&rec.share, &rec.directory);
-    let sharing = plan::sharing_pvs(
-        pv_name,
-        &full,
-        ctx.volumes
-            .state()
-            .iter()
-            .map(|v| (v.metadata.name.as_deref().unwrap_or(""), v.nfs_path())),
-    );
-    if !sharing.is_empty() {
-        return Err(Error::Refused(format!(
-            "directory {full} is also used by PersistentVolume(s) {}; leaving it in place",
-            sharing.join(", ")
-        )));
-    }
+    let pvs = ctx.volumes.state();
+    let others = pvs.iter().filter_map(|v| {
+        let name = v.metadata.name.as_deref()?;
+        let ours = v
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(plan::ANN_PROVISIONED_BY))
+            .is_some_and(|p| *p == ctx.provisioner);
+        Some(CoUser {
+            name,
+            path: v.nfs_path()?,
+            releasing: directories::releasing(v),
+            on_delete: ours
+                .then(|| {
+                    v.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(plan::ANN_ON_DELETE)?
+                        .parse()
+                        .ok()
+                })
+                .flatten(),
+        })
+    });
+    let on_delete = match shared_release(pv_name, &full, rec.on_delete, others) {
+        SharedRelease::Act(o) => o,
+        SharedRelease::LeaveToLive(users) => {
+            // Retried with backoff: the last of the users to be released reclaims it.
+            return Err(Error::Refused(format!(
+                "directory {full} is also used by PersistentVolume(s) {}; leaving it in place until they are released",
+                users.join(", ")
+            )));
+        }
+        SharedRelease::WaitFor(first) => {
+            return Err(Error::Waiting(format!(
+                "directory {full} is shared with released volume(s) {} that are reclaimed first",
+                first.join(", ")
+            )));
+        }
+    };
     let target = Target {
         server: rec.server.clone(),
         share: rec.share.clone(),
@@ -162,7 +195,7 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
         mount_port: rec.mount_port,
     };
     let share = ctx.shares.get(&target)?;
-    Ok(match rec.on_delete {
+    Ok(match on_delete {
         OnDelete::Delete => match share.remove_tree(&rec.directory).await? {
             Removed::Removed { .. } => "deleted",
             Removed::AlreadyGone => "already gone",

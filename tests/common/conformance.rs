@@ -1,6 +1,6 @@
 //! The behaviour every backend must have, run against each of them.
 use nfs3_provisioner::backend::{
-    BackendError, DirAttrs, Kind, PARENT_MODE, Removed, Renamed, Share,
+    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
 };
 use nfs3_provisioner::path::RelPath;
 use std::os::unix::ffi::OsStrExt;
@@ -15,13 +15,38 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
         mode: 0o750,
         uid: Some(1234),
         gid: Some(2345),
+        stamp: Some((1_000_000_123, 456_000_000)),
     };
-    share.create_dir(&p(base, "ns/claim"), attrs).await.unwrap();
-    share.create_dir(&p(base, "ns/claim"), attrs).await.unwrap();
+    assert_eq!(
+        share.create_dir(&p(base, "ns/claim"), attrs).await.unwrap(),
+        Made::Created
+    );
     let st = share.stat(&p(base, "ns/claim")).await.unwrap().unwrap();
     assert_eq!(
         (st.kind, st.mode & 0o7777, st.uid, st.gid),
         (Kind::Dir, 0o750, 1234, 2345)
+    );
+    assert_eq!(st.mtime.0, 1_000_000_123);
+    assert!(
+        st.mtime.1 == 456_000_000 || st.mtime.1 == 0,
+        "{:?}",
+        st.mtime
+    );
+    // A second create finds it and changes nothing: not the mode, not the owner.
+    let other = DirAttrs {
+        mode: 0o777,
+        uid: Some(1),
+        gid: Some(1),
+        stamp: None,
+    };
+    assert_eq!(
+        share.create_dir(&p(base, "ns/claim"), other).await.unwrap(),
+        Made::Existed(st.clone())
+    );
+    let again = share.stat(&p(base, "ns/claim")).await.unwrap().unwrap();
+    assert_eq!(
+        (again.mode & 0o7777, again.uid, again.gid),
+        (0o750, 1234, 2345)
     );
     let parent = share.stat(&p(base, "ns")).await.unwrap().unwrap();
     assert_eq!(
@@ -32,6 +57,7 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
         mode: 0o777,
         uid: None,
         gid: None,
+        stamp: None,
     };
     share.create_dir(&p(base, "wide"), wide).await.unwrap();
     assert_eq!(
@@ -52,6 +78,7 @@ pub async fn remove_and_rename_are_idempotent<S: Share>(share: &S, base: &str) {
         mode: 0o777,
         uid: None,
         gid: None,
+        stamp: None,
     };
     share.create_dir(&p(base, "r/a"), attrs).await.unwrap();
     assert!(matches!(
@@ -157,6 +184,7 @@ pub async fn removal_never_follows_symlinks<S: Share>(
         mode: 0o777,
         uid: None,
         gid: None,
+        stamp: None,
     };
     assert!(matches!(
         share.create_dir(&p(base, "evil/x"), attrs).await,

@@ -14,6 +14,11 @@ use thiserror::Error;
 use crate::params::{ClassParams, Defaults, OnDelete, ParamError};
 use crate::path::{self, PathError, RelPath, TemplateError, TemplateVars};
 
+pub mod ownership;
+pub mod release;
+
+pub use release::archive_target;
+
 pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 pub const ANN_STORAGE_PROVISIONER_BETA: &str = "volume.beta.kubernetes.io/storage-provisioner";
 pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
@@ -346,19 +351,6 @@ impl Recorded {
     }
 }
 
-/// The archive name for a directory: `archived-<leaf>` beside it, plus the PV name when
-/// the leaf alone does not already identify the volume, so archives of templated paths
-/// (the same claim name recreated, a shared per-namespace pattern) never collide.
-pub fn archive_target(dir: &RelPath, pv_name: &str) -> Result<RelPath, PathError> {
-    let leaf = dir.leaf();
-    let name = if leaf.contains(pv_name) {
-        format!("{ARCHIVE_PREFIX}{leaf}")
-    } else {
-        format!("{ARCHIVE_PREFIX}{leaf}-{pv_name}")
-    };
-    dir.with_leaf(&name)
-}
-
 /// What to do with one of our PVs.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PvDecision {
@@ -397,7 +389,9 @@ pub fn decide_pv(pv: &PersistentVolume, provisioner: &str) -> PvDecision {
         .as_ref()
         .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
         .unwrap_or("Delete");
-    let released = phase == "Released";
+    // Failed is where a volume lands when an earlier reclaim gave up (another
+    // provisioner, or a recycler): the claim is gone all the same.
+    let released = phase == "Released" || phase == "Failed";
     match (deleting, policy) {
         (false, "Delete") if released => PvDecision::Reclaim,
         (false, _) => PvDecision::Skip("not released with reclaim policy Delete"),
@@ -421,27 +415,6 @@ pub fn decide_pv(pv: &PersistentVolume, provisioner: &str) -> PvDecision {
             reclaim_first: false,
         },
     }
-}
-
-/// Other PVs whose NFS path is this directory or lies inside it: deleting or archiving it
-/// would take their data too, so reclaim is refused while any exists. A PV on a parent
-/// (a static PV of the whole export, say) does not block: the directory is ours to
-/// reclaim. The server is not compared: the same export can be reached under several names.
-/// `pvs` are (name, NFS path) of every PV known, NFS or not (`None`).
-pub fn sharing_pvs<'a>(
-    me: &str,
-    full_path: &str,
-    pvs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-) -> Vec<String> {
-    let mine = full_path.trim_end_matches('/');
-    let nests = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
-    pvs.into_iter()
-        .filter(|(name, _)| *name != me)
-        .filter_map(|(name, theirs)| {
-            let theirs = path::normalize_share(theirs?).ok()?;
-            nests(&theirs, mine).then(|| name.to_string())
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -744,24 +717,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn archive_names_never_collide() {
-        let d = RelPath::parse("team-a-data-pvc-1").unwrap();
-        assert_eq!(
-            archive_target(&d, "pvc-1").unwrap().to_string(),
-            "archived-team-a-data-pvc-1"
-        );
-        let nested = RelPath::parse("team-a/data").unwrap();
-        assert_eq!(
-            archive_target(&nested, "pvc-1").unwrap().to_string(),
-            "team-a/archived-data-pvc-1"
-        );
-        assert_ne!(
-            archive_target(&nested, "pvc-1").unwrap(),
-            archive_target(&nested, "pvc-2").unwrap()
-        );
-    }
-
     fn pv(phase: &str, policy: &str, deleting: bool, finalizer: bool) -> PersistentVolume {
         let mut pv = plan_volume(&claim(), &class(&[]), &defaults(), PROV)
             .unwrap()
@@ -815,6 +770,13 @@ mod tests {
             ),
             (
                 ("Failed", "Delete", true, true),
+                ReleaseFinalizer {
+                    reclaim_first: true,
+                },
+            ),
+            (("Failed", "Delete", false, true), Reclaim),
+            (
+                ("", "Delete", true, true),
                 Skip("deleted in an unexpected phase; leaving the data alone"),
             ),
         ];
@@ -833,42 +795,5 @@ mod tests {
             .unwrap()
             .insert(ANN_PROVISIONED_BY.into(), "other".into());
         assert_eq!(decide_pv(&foreign, PROV), Skip("not provisioned by us"));
-    }
-
-    #[test]
-    fn sharing_detects_equal_and_nested_paths_not_parents() {
-        let mk = |name: &str, path: &str| PersistentVolume {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(PersistentVolumeSpec {
-                nfs: Some(NFSVolumeSource {
-                    server: "x".into(),
-                    path: path.into(),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }),
-            status: None,
-        };
-        let pvs = [
-            mk("me", "/srv/a/b"),
-            mk("same", "/srv/a/b/"),
-            mk("child", "/srv/a/b/c"),
-            mk("parent", "/srv/a"),
-            mk("sibling", "/srv/a/bc"),
-            mk("other", "/srv/z"),
-        ];
-        let pairs = pvs.iter().map(|pv| {
-            (
-                pv.metadata.name.as_deref().unwrap_or(""),
-                pv.spec
-                    .as_ref()
-                    .and_then(|s| s.nfs.as_ref())
-                    .map(|n| n.path.as_str()),
-            )
-        });
-        assert_eq!(sharing_pvs("me", "/srv/a/b", pairs), ["same", "child"]);
     }
 }

@@ -1,0 +1,476 @@
+//! Tenant isolation, end to end: hostile claims against the real provisioner binary (with
+//! the ServiceAccount of deploy/), the real control plane and nfs-ganesha. Each attack
+//! must leave the hostile claim Pending with a `ProvisioningFailed` event that says why,
+//! the victim's directory exactly as it was (entries, contents, modes, owners), and the
+//! victim's claim Bound; the cases the class allows must still work.
+//!
+//! Every scenario runs its own provisioner name, class and namespaces; a [`Scene`]
+//! deletes them when the test ends, passed or failed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cluster::*;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const BIND: Duration = Duration::from_secs(60);
+const REFUSAL: Duration = Duration::from_secs(30);
+
+/// One scenario's provisioner, classes and namespaces, cleaned up on drop.
+struct Scene {
+    client: Client,
+    p: Provisioner,
+    /// The scenario's own directory on export1: every template starts inside it, so
+    /// scenarios never meet on the shared export.
+    root: String,
+    classes: Vec<String>,
+    namespaces: Vec<String>,
+}
+
+impl Scene {
+    async fn new(label: &str) -> Self {
+        common::nfs();
+        let client = admin().await;
+        let name = format!("{}.iso.nfs3-provisioner.io/nfs", common::unique(label));
+        let p = Provisioner::start(&name, &format!("iso-{label}"), &[]);
+        Scene {
+            client,
+            p,
+            root: common::unique(label),
+            classes: Vec::new(),
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// A class whose template is `template` below the scenario's root directory.
+    async fn class(&mut self, template: &str, extra: serde_json::Value) -> String {
+        let name = format!("{}-c{}", self.root, self.classes.len());
+        let mut params = json!({
+            "server": "127.0.0.1",
+            "share": export1(),
+            "pathPattern": format!("{}/{template}", self.root),
+            "onDelete": "delete",
+        });
+        if let (Some(p), Some(add)) = (params.as_object_mut(), extra.as_object()) {
+            for (k, v) in add {
+                p.insert(k.clone(), v.clone());
+            }
+        }
+        create_class(&self.client, &name, &self.p.name, params).await;
+        self.classes.push(name.clone());
+        name
+    }
+
+    async fn namespace(&mut self, name: Option<String>) -> String {
+        let ns = match name {
+            Some(n) => {
+                let obj: Namespace =
+                    serde_json::from_value(json!({"metadata": {"name": n}})).expect("namespace");
+                Api::<Namespace>::all(self.client.clone())
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .expect("create namespace");
+                n
+            }
+            None => namespace(&self.client, "iso").await,
+        };
+        self.namespaces.push(ns.clone());
+        ns
+    }
+
+    async fn bound_pv(&self, ns: &str, claim: &str) -> PersistentVolume {
+        wait_for(&format!("{ns}/{claim} Bound"), BIND, || async move {
+            let c = claims(&self.client, ns)
+                .await
+                .into_iter()
+                .find(|c| c.metadata.name.as_deref() == Some(claim))?;
+            if phase(&c) != "Bound" {
+                return None;
+            }
+            let pv = c.spec.as_ref()?.volume_name.clone()?;
+            Api::<PersistentVolume>::all(self.client.clone())
+                .get_opt(&pv)
+                .await
+                .ok()?
+        })
+        .await
+    }
+
+    /// Waits for the refusal and checks the claim stayed Pending.
+    async fn refused(&self, ns: &str, claim: &str, needle: &str) -> String {
+        let msg = wait_event(
+            &self.client,
+            ns,
+            claim,
+            "ProvisioningFailed",
+            needle,
+            REFUSAL,
+        )
+        .await;
+        let c = claims(&self.client, ns)
+            .await
+            .into_iter()
+            .find(|c| c.metadata.name.as_deref() == Some(claim))
+            .expect("claim");
+        assert_eq!(phase(&c), "Pending", "{ns}/{claim} must stay Pending");
+        assert!(
+            volumes_of(&self.client, ns).await.iter().all(|pv| {
+                pv.spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .and_then(|r| r.name.as_deref())
+                    != Some(claim)
+            }),
+            "no PV for the refused claim"
+        );
+        msg
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        // Runs on failure too; best effort, the cluster is shared with other tests.
+        for ns in &self.namespaces {
+            let _ = std::process::Command::new(&cluster().kubectl)
+                .args(["delete", "namespace", ns, "--wait=false"])
+                .env("KUBECONFIG", &cluster().admin_kubeconfig)
+                .output();
+        }
+        for class in &self.classes {
+            let _ = std::process::Command::new(&cluster().kubectl)
+                .args(["delete", "storageclass", class, "--wait=false"])
+                .env("KUBECONFIG", &cluster().admin_kubeconfig)
+                .output();
+        }
+    }
+}
+
+async fn delete_claim(client: &Client, ns: &str, name: &str) {
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete claim");
+}
+
+fn export1() -> String {
+    common::nfs().export1.to_string_lossy().into_owned()
+}
+
+fn on_disk(pv: &PersistentVolume) -> PathBuf {
+    PathBuf::from(nfs_path(pv))
+}
+
+/// Everything about a tree that a hostile claim must not change: every entry with its
+/// mode, owner, group and (for files) contents.
+fn snapshot(root: &Path) -> BTreeMap<String, (u32, u32, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let m = std::fs::symlink_metadata(&dir).expect("stat");
+        let rel = dir
+            .strip_prefix(root)
+            .expect("below root")
+            .display()
+            .to_string();
+        let contents = if m.is_file() {
+            std::fs::read(&dir).expect("read")
+        } else {
+            Vec::new()
+        };
+        out.insert(rel, (m.mode(), m.uid(), m.gid(), contents));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&dir).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+    out
+}
+
+/// Puts data in a victim's volume as its pod would.
+fn fill(dir: &Path) -> BTreeMap<String, (u32, u32, u32, Vec<u8>)> {
+    std::fs::write(dir.join("ledger.csv"), "payments,42\n").expect("write");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("sub/secret"), "s3cr3t").expect("write");
+    std::os::unix::fs::chown(dir.join("sub"), Some(1234), Some(5678)).expect("chown");
+    snapshot(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_annotations_cannot_point_a_claim_at_another_namespace_s_directory() {
+    let mut s = Scene::new("hijack").await;
+    // Example 05's template as users wrote it before: tenant values only.
+    let class = s
+        .class(
+            "${.PVC.labels.team}/${.PVC.annotations.example.com/folder}",
+            json!({}),
+        )
+        .await;
+    let victim_ns = s.namespace(None).await;
+    let meta = json!({
+        "labels": {"team": "payments"},
+        "annotations": {"example.com/folder": "reports"},
+    });
+    create_claim(&s.client, &victim_ns, "ledger", &class, meta.clone()).await;
+    let victim = s.bound_pv(&victim_ns, "ledger").await;
+    let dir = on_disk(&victim);
+    let before = fill(&dir);
+
+    let mallory = s.namespace(None).await;
+    create_claim(&s.client, &mallory, "steal", &class, meta).await;
+    let msg = s
+        .refused(&mallory, "steal", "is the directory of another volume")
+        .await;
+    assert!(
+        !msg.contains(&victim_ns) && !msg.contains(victim.metadata.name.as_deref().unwrap_or("-")),
+        "the event must not name the victim: {msg}"
+    );
+    // Nesting inside and around the victim is refused the same way.
+    let inside = json!({
+        "labels": {"team": "payments"},
+        "annotations": {"example.com/folder": "reports/x"},
+    });
+    create_claim(&s.client, &mallory, "inside", &class, inside).await;
+    s.refused(
+        &mallory,
+        "inside",
+        "lies inside the directory of another volume",
+    )
+    .await;
+    // A template with the label alone would render "payments": around the victim.
+    let around_class = s.class("${.PVC.labels.team}", json!({})).await;
+    create_claim(
+        &s.client,
+        &mallory,
+        "around",
+        &around_class,
+        json!({"labels": {"team": "payments"}}),
+    )
+    .await;
+    s.refused(
+        &mallory,
+        "around",
+        "contains the directory of another volume",
+    )
+    .await;
+
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "the victim's directory is untouched"
+    );
+    let still = s.bound_pv(&victim_ns, "ledger").await;
+    assert_eq!(still.metadata.uid, victim.metadata.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concatenated_names_do_not_collide_across_namespaces() {
+    let mut s = Scene::new("concat").await;
+    let class = s.class("${.PVC.namespace}-${.PVC.name}", json!({})).await;
+    let base = common::unique("cc");
+    let team = s.namespace(Some(base.clone())).await;
+    let team_b = s.namespace(Some(format!("{base}-b"))).await;
+    // "<base>-b" + "data" and "<base>" + "b-data" render the same name.
+    create_claim(&s.client, &team_b, "data", &class, json!({})).await;
+    let victim = s.bound_pv(&team_b, "data").await;
+    let before = fill(&on_disk(&victim));
+    create_claim(&s.client, &team, "b-data", &class, json!({})).await;
+    s.refused(&team, "b-data", "is the directory of another volume")
+        .await;
+    assert_eq!(snapshot(&on_disk(&victim)), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_directory_is_refused_unless_the_class_adopts_it() {
+    let mut s = Scene::new("existing").await;
+    let refuse = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
+    let ns = s.namespace(None).await;
+    // What a retained volume of an earlier tenant under the same names leaves behind.
+    let left = PathBuf::from(export1()).join(&s.root).join(&ns).join("old");
+    std::fs::create_dir_all(&left).expect("mkdir");
+    std::fs::write(left.join("previous-tenant"), "theirs").expect("write");
+    std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let before = snapshot(&left);
+    create_claim(&s.client, &ns, "old", &refuse, json!({})).await;
+    s.refused(
+        &ns,
+        "old",
+        "already exists and no PersistentVolume records it",
+    )
+    .await;
+    assert_eq!(
+        snapshot(&left),
+        before,
+        "nothing changed on a refused directory"
+    );
+
+    // The class's owner opts in: adopted as it is, mode and owner untouched.
+    let adopt = s
+        .class(
+            "${.PVC.namespace}/${.PVC.name}",
+            json!({"existingDirectory": "adopt", "mode": "0777"}),
+        )
+        .await;
+    std::fs::create_dir_all(left.with_file_name("old2")).expect("mkdir");
+    std::fs::set_permissions(
+        left.with_file_name("old2"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    create_claim(&s.client, &ns, "old2", &adopt, json!({})).await;
+    let pv = s.bound_pv(&ns, "old2").await;
+    let m = std::fs::metadata(on_disk(&pv)).expect("stat");
+    assert_eq!(m.mode() & 0o7777, 0o700, "adopted, not chmod-ed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_recreated_under_its_old_name_gets_a_fresh_directory_the_old_reclaim_cannot_touch()
+{
+    let mut s = Scene::new("recreate").await;
+    let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
+    let ns = s.namespace(None).await;
+    create_claim(&s.client, &ns, "data", &class, json!({})).await;
+    let old = s.bound_pv(&ns, "data").await;
+    std::fs::write(on_disk(&old).join("old"), "x").expect("write");
+    delete_claim(&s.client, &ns, "data").await;
+    wait_for("the old claim gone", BIND, || async {
+        claims(&s.client, &ns).await.is_empty().then_some(())
+    })
+    .await;
+    // Recreated at once, while the old volume may still be Released and being reclaimed.
+    create_claim(&s.client, &ns, "data", &class, json!({})).await;
+    let new = s.bound_pv(&ns, "data").await;
+    assert_ne!(new.metadata.uid, old.metadata.uid);
+    let dir = on_disk(&new);
+    assert_eq!(dir, on_disk(&old), "same template, same directory");
+    std::fs::write(dir.join("new"), "mine").expect("write");
+    let old_name = old.metadata.name.clone().unwrap_or_default();
+    wait_for("the old PV gone", BIND, || {
+        let client = s.client.clone();
+        let old_name = old_name.clone();
+        async move {
+            Api::<PersistentVolume>::all(client)
+                .get_opt(&old_name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        !dir.join("old").exists(),
+        "the old data went with its volume"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("new")).ok().as_deref(),
+        Some("mine"),
+        "the new volume's data survives the old volume's reclaim"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_may_share_a_directory_when_the_class_says_so_and_released_sharers_finish() {
+    let mut s = Scene::new("sharing").await;
+    let class = s
+        .class(
+            "${.PVC.namespace}/shared",
+            json!({"directorySharing": "namespace", "onDelete": "archive"}),
+        )
+        .await;
+    let ns = s.namespace(None).await;
+    create_claim(&s.client, &ns, "a", &class, json!({})).await;
+    let a = s.bound_pv(&ns, "a").await;
+    std::fs::write(on_disk(&a).join("kept"), "x").expect("write");
+    create_claim(&s.client, &ns, "b", &class, json!({})).await;
+    let b = s.bound_pv(&ns, "b").await;
+    assert_eq!(on_disk(&a), on_disk(&b));
+
+    // Both released: exactly one archives the directory, both PVs go.
+    delete_claim(&s.client, &ns, "a").await;
+    delete_claim(&s.client, &ns, "b").await;
+    volumes_gone(&s.client, &ns, BIND, &s.p).await;
+    let parent = on_disk(&a).parent().expect("parent").to_path_buf();
+    let archives: Vec<_> = std::fs::read_dir(&parent)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(archives.len(), 1, "one archive: {archives:?}");
+    assert!(archives[0].starts_with("archived-shared"), "{archives:?}");
+    assert!(parent.join(&archives[0]).join("kept").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_racing_for_one_directory_cannot_both_win() {
+    let mut s = Scene::new("race").await;
+    let class = s
+        .class("${.PVC.annotations.example.com/folder}", json!({}))
+        .await;
+    let one = s.namespace(None).await;
+    let two = s.namespace(None).await;
+    for round in 0..5 {
+        let meta = json!({"annotations": {"example.com/folder": format!("contested-{round}")}});
+        let name = format!("c{round}");
+        tokio::join!(
+            create_claim(&s.client, &one, &name, &class, meta.clone()),
+            create_claim(&s.client, &two, &name, &class, meta.clone()),
+        );
+        let winner = wait_for("one winner", BIND, || {
+            let (client, one, two, name) =
+                (s.client.clone(), one.clone(), two.clone(), name.clone());
+            async move {
+                let bound = |list: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>| {
+                    list.iter()
+                        .any(|c| c.metadata.name.as_deref() == Some(&name) && phase(c) == "Bound")
+                };
+                let (a, b) = (
+                    bound(claims(&client, &one).await),
+                    bound(claims(&client, &two).await),
+                );
+                (a || b).then_some(if a { one.clone() } else { two.clone() })
+            }
+        })
+        .await;
+        let loser = if winner == one { &two } else { &one };
+        s.refused(loser, &name, "is the directory of another volume")
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provisioner_keeps_serving_after_refusals() {
+    // Positive control for the scenarios above: a plain claim of a safe class binds
+    // while hostile ones are refused next to it.
+    let mut s = Scene::new("control").await;
+    let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
+    let ns = s.namespace(None).await;
+    create_claim(&s.client, &ns, "fine", &class, json!({})).await;
+    let pv = s.bound_pv(&ns, "fine").await;
+    assert!(on_disk(&pv).is_dir());
+    let ev = events_for(&s.client, &ns, "fine").await;
+    let ok = ev
+        .iter()
+        .find(|(_, r, _)| r == "ProvisioningSucceeded")
+        .map(|(_, _, m)| m.clone());
+    if let Some(m) = ok {
+        assert!(
+            !m.contains(&export1()),
+            "the success event does not show the server's paths: {m}"
+        );
+    }
+    let _ = Api::<PersistentVolume>::all(s.client.clone())
+        .delete(
+            pv.metadata.name.as_deref().unwrap_or(""),
+            &DeleteParams::default(),
+        )
+        .await;
+}
