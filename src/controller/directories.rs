@@ -13,8 +13,8 @@ use super::cached_volume::CachedVolume;
 use crate::plan::VolumePlan;
 use crate::plan::ownership::{self, Conflict, Occupant};
 
-/// A reservation whose PV never reached the cache (created, then deleted at once) is
-/// dropped after this; the cache is normally a few milliseconds behind.
+/// A reservation whose PV never showed in the cache (created and deleted before the
+/// watch saw it) is dropped after this; the cache is normally milliseconds behind.
 const RESERVATION_TTL: Duration = Duration::from_secs(120);
 
 struct Reserved {
@@ -77,6 +77,15 @@ impl Directories {
         self.reserved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The PV is in the cache now: the cache speaks for it from here on (and, once it is
+    /// deleted, no longer holds its directory).
+    pub fn seen(&self, pv_name: &str) {
+        let mut reserved = self.lock();
+        if !reserved.is_empty() {
+            reserved.remove(pv_name);
+        }
+    }
+
     pub fn reserve(
         &self,
         volume: &VolumePlan,
@@ -88,10 +97,7 @@ impl Directories {
         let pvs = volumes.state();
         let mut reserved = self.lock();
         let now = Instant::now();
-        reserved.retain(|name, r| {
-            now.duration_since(r.at) < RESERVATION_TTL
-                && !pvs.iter().any(|v| v.metadata.name.as_deref() == Some(name))
-        });
+        reserved.retain(|_, r| now.duration_since(r.at) < RESERVATION_TTL);
         let cached = pvs.iter().filter_map(|v| {
             Some(Occupant {
                 name: v.metadata.name.as_deref()?,

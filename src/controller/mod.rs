@@ -54,8 +54,10 @@ pub struct Context {
     pub classes: Store<StorageClass>,
     pub volumes: Store<CachedVolume>,
     directories: directories::Directories,
-    /// Consecutive failures per object uid, for exponential backoff that never gives up.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per object uid and when the last one was, for exponential
+    /// backoff that never gives up. Entries of objects that stopped failing without
+    /// succeeding (deleted meanwhile) are dropped after [`FAILURE_MEMORY`].
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
     /// PV uids this process has just reclaimed, and how far. Deleting the PV brings one
     /// more event for it (deletion timestamp set, our finalizer still on) from before
     /// the finalizer went; this spares running the idempotent steps again for it.
@@ -155,15 +157,30 @@ impl Context {
             .remove(uid);
     }
 
-    /// 1 s, 2 s, 4 s ... capped at 5 minutes, per object: a claim keeps being retried,
-    /// and one bad claim does not slow the others.
+    /// 1 s, 2 s, 4 s ... capped at 5 minutes, per object, with up to a fifth added at
+    /// random so objects that failed together (a server outage) do not all come back in
+    /// the same instant: a claim keeps being retried, and one bad claim does not slow
+    /// the others.
     fn backoff(&self, uid: &str) -> Duration {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(uid.to_string()).or_insert(0);
+        let now = Instant::now();
+        // Longer than the longest backoff: an entry not renewed that long is for an
+        // object that is gone.
+        f.retain(|_, (_, at)| now.duration_since(*at) < FAILURE_MEMORY);
+        let (n, at) = f.entry(uid.to_string()).or_insert((0, now));
         *n = n.saturating_add(1);
-        backoff_delay(*n)
+        *at = now;
+        let base = backoff_delay(*n);
+        let fifth = u64::try_from(base.as_millis() / 5).unwrap_or(0).max(1);
+        let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(fifth)) as u64;
+        base + Duration::from_millis(jitter)
     }
 }
+
+/// Claims per list page: at most about 15 MB of tenant metadata in memory at once.
+const CLAIM_PAGE_SIZE: u32 = 10;
+
+const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
 
 pub fn backoff_delay(failures: u32) -> Duration {
     let secs = 1u64 << failures.saturating_sub(1).min(9);
@@ -318,6 +335,7 @@ fn truncate(v: &mut String) {
 
 fn cached<K>(
     api: Api<K>,
+    config: watcher::Config,
     strip: impl FnMut(&mut K) + Send + 'static,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>>)
 where
@@ -330,7 +348,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, config)
         .default_backoff()
         .modify(strip)
         .reflect(writer)
@@ -346,15 +364,34 @@ pub async fn run(
     ready: Arc<crate::http::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (classes, class_events) = cached(Api::<StorageClass>::all(client.clone()), strip);
-    let (volumes, volume_events) = cached(Api::<CachedVolume>::all(client.clone()), strip);
+    // Classes and PVs are made by the cluster's admins: listed from the API server's
+    // cache, whole.
+    let admin_made = || watcher::Config::default().any_semantic();
+    let (classes, class_events) = cached(
+        Api::<StorageClass>::all(client.clone()),
+        admin_made(),
+        strip,
+    );
+    let (volumes, volume_events) = cached(
+        Api::<CachedVolume>::all(client.clone()),
+        admin_made(),
+        strip,
+    );
     let served = Arc::new(RwLock::new(Served::default()));
-    let (claims, claim_events) = cached(Api::<PersistentVolumeClaim>::all(client.clone()), {
-        let served = served.clone();
-        move |pvc: &mut PersistentVolumeClaim| {
-            strip_claim(pvc, &served.read().unwrap_or_else(|p| p.into_inner()));
-        }
-    });
+    // Claims are made by tenants, up to about 1.5 MB each: listed in small pages (the API
+    // server ignores page sizes for lists from its cache), each stripped before the
+    // next is read, so a tenant's bloated claims never sit in memory together.
+    let tenant_made = watcher::Config::default().page_size(CLAIM_PAGE_SIZE);
+    let (claims, claim_events) = cached(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        tenant_made,
+        {
+            let served = served.clone();
+            move |pvc: &mut PersistentVolumeClaim| {
+                strip_claim(pvc, &served.read().unwrap_or_else(|p| p.into_inner()));
+            }
+        },
+    );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
     let config = ControllerConfig::default().concurrency(concurrency);
 

@@ -21,6 +21,7 @@ use crate::plan::{self, FINALIZER, PvDecision, Recorded};
 
 #[instrument(skip_all, fields(pv = %name_of(cached.as_ref())))]
 pub async fn reconcile(cached: Arc<CachedVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.directories.seen(&name_of(cached.as_ref()));
     let pv = cached.to_volume();
     match plan::decide_pv(&pv, &ctx.provisioner) {
         PvDecision::Skip(why) => {
