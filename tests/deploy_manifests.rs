@@ -421,25 +421,22 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 
 /// `kubectl kustomize DIR` rendered and `kubectl apply -k DIR --dry-run=server`.
 fn dry_run_kustomization(c: &Cluster, dir: &str) {
-    let rendered = c.kubectl(&["kustomize", dir], None);
-    assert!(
-        rendered.ok(),
-        "kubectl kustomize {dir}: {}",
-        rendered.describe()
-    );
-    let count = documents(&rendered.stdout, dir).len();
-    assert!(count > 0, "{dir} renders no objects");
-    c.dry_run(dir, &["-k", dir], None, count);
+    let docs = kustomize_objects(c, dir);
+    assert!(!docs.is_empty(), "{dir} renders no objects");
+    // A dry run of a Namespace object does not create it, and namespaced objects
+    // cannot be dry-run into a namespace that does not exist.
+    let namespaces: BTreeSet<&str> = docs
+        .iter()
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    for ns in namespaces {
+        c.ensure_namespace(ns);
+    }
+    c.dry_run(dir, &["-k", dir], None, docs.len());
 }
 
-#[test]
-fn kustomize_base_is_accepted() {
-    dry_run_kustomization(cluster(), "deploy/base");
-}
-
-#[test]
-fn kustomize_overlays_are_accepted() {
-    let c = cluster();
+/// deploy/base and each overlay, rendered by kustomize.
+fn kustomizations() -> Vec<String> {
     let mut overlays: Vec<String> = std::fs::read_dir(repo().join("deploy/overlays"))
         .expect("deploy/overlays exists")
         .map(|e| e.expect("readable directory entry").path())
@@ -453,7 +450,25 @@ fn kustomize_overlays_are_accepted() {
         .collect();
     overlays.sort();
     assert!(!overlays.is_empty(), "no overlays in deploy/overlays");
-    for overlay in &overlays {
+    let mut all = vec!["deploy/base".to_string()];
+    all.extend(overlays);
+    all
+}
+
+/// `kubectl kustomize DIR`.
+fn kustomize_objects(c: &Cluster, dir: &str) -> Vec<serde_yaml::Value> {
+    documents(&c.must(&["kustomize", dir], None), dir)
+}
+
+#[test]
+fn kustomize_base_is_accepted() {
+    dry_run_kustomization(cluster(), "deploy/base");
+}
+
+#[test]
+fn kustomize_overlays_are_accepted() {
+    let c = cluster();
+    for overlay in kustomizations().iter().skip(1) {
         dry_run_kustomization(c, overlay);
     }
 }
@@ -667,13 +682,20 @@ fn base_docs() -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-/// The rules as written, base and chart: exactly the calls the code makes, and the
-/// Lease the Role names is the one the Deployment uses.
+/// The rules as written, base, overlays and chart: exactly the calls the code makes,
+/// and the Lease the Role names is the one the Deployment uses.
 #[test]
 fn rbac_is_exactly_what_the_code_calls() {
     let base = base_docs();
     let lease = deployment_env(&base, "LEASE_NAME").expect("deploy/base sets LEASE_NAME");
     assert_eq!(rules_of(&base), expected_rules(&lease), "deploy/base RBAC");
+    let c = cluster();
+    for dir in kustomizations() {
+        let docs = kustomize_objects(c, &dir);
+        let lease = deployment_env(&docs, "LEASE_NAME")
+            .unwrap_or_else(|| panic!("{dir}: the Deployment sets LEASE_NAME"));
+        assert_eq!(rules_of(&docs), expected_rules(&lease), "{dir} RBAC");
+    }
 
     let release = "rbac-check";
     let chart = helm_objects(release, &[]);
