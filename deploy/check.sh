@@ -14,7 +14,9 @@ cd "$root"
 HELM_VERSION=${HELM_VERSION:-v3.17.3}
 KUSTOMIZE_VERSION=${KUSTOMIZE_VERSION:-v5.5.0}
 gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
-PATH="$PATH:$gobin"
+# tests/deploy_manifests.rs builds the same pinned Helm here: reuse it.
+helm_cache="${NFS3P_CACHE:-$HOME/.cache/nfs3-provisioner}/helm-$HELM_VERSION/bin"
+PATH="$PATH:$gobin:$helm_cache"
 fail=0
 
 say() { printf '%s\n' "$*"; }

@@ -761,10 +761,12 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     common::nfs();
     let client = admin().await;
     let name = provisioner_name("leader");
-    let lease = common::unique("lease");
+    // The one Lease name deploy/base's Role lets the ServiceAccount read and renew
+    // (resourceNames). A Lease left by an earlier run expires within its 6 s.
+    let lease = "nfs3-provisioner";
     let env = [
         ("LEADER_ELECT", "true"),
-        ("LEASE_NAME", lease.as_str()),
+        ("LEASE_NAME", lease),
         ("LEASE_DURATION_SECONDS", "6"),
     ];
     let mut a = Provisioner::start(
