@@ -103,7 +103,7 @@ parameters:
   {{- if .share }}
   share: {{ .share | toString | quote }}
   {{- end }}
-  {{- range $key := list "port" "mountPort" "pathPattern" "subDir" "onDelete" "archiveOnDelete" "mode" "uid" "gid" }}
+  {{- range $key := list "port" "mountPort" "pathPattern" "subDir" "onDelete" "archiveOnDelete" "mode" "uid" "gid" "directorySharing" "existingDirectory" "caseInsensitive" }}
   {{- $v := get $c $key }}
   {{- if include "nfs3-provisioner.isSet" $v }}
   {{ $key }}: {{ $v | toString | quote }}
