@@ -366,6 +366,19 @@ fn the_static_elf_check_tells_a_dynamic_binary_apart() {
     let me = std::fs::read(std::env::current_exe().expect("current exe")).expect("read");
     assert!(!is_static_elf(&me));
     assert!(!is_static_elf(b"not an ELF file"));
+    // A minimal ELF64 header with one program header (at 64, 56 bytes): PT_LOAD alone
+    // is static, PT_INTERP is not.
+    let elf = |p_type: u32| {
+        let mut b = vec![0u8; 64 + 56];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&p_type.to_le_bytes());
+        b
+    };
+    assert!(is_static_elf(&elf(1)));
+    assert!(!is_static_elf(&elf(3)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -439,19 +452,19 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
     );
 
     let ns = namespace(&client, "image").await;
-    let (delete_class, archive_class) = (format!("{ns}-delete"), format!("{ns}-archive"));
-    create_class(&client, &delete_class, &name, json!({"onDelete": "delete"})).await;
+    let (deleting, archiving) = (format!("{ns}-delete"), format!("{ns}-archive"));
+    create_class(&client, &deleting, &name, json!({"onDelete": "delete"})).await;
     create_class(
         &client,
-        &archive_class,
+        &archiving,
         &name,
         json!({"server": nfs.server, "share": export2, "onDelete": "archive"}),
     )
     .await;
     for (claim, class) in [
-        ("one", &delete_class),
-        ("two", &delete_class),
-        ("three", &archive_class),
+        ("one", &deleting),
+        ("two", &deleting),
+        ("three", &archiving),
     ] {
         create_claim(&client, &ns, claim, class, json!({})).await;
     }
@@ -509,8 +522,8 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
     for a in &archived {
         let _ = std::fs::remove_dir_all(a);
     }
-    delete_class(&client, &delete_class).await;
-    delete_class(&client, &archive_class).await;
+    delete_class(&client, &deleting).await;
+    delete_class(&client, &archiving).await;
     delete_namespace(&client, &ns).await;
 }
 
@@ -554,6 +567,24 @@ fn check_from_the_image_passes_on_ganesha_and_explains_a_wrong_share() {
     let (code, text) = run_check("/no/such/export");
     assert_ne!(code, Some(0), "{text}");
     assert!(text.contains("no such export"), "{text}");
+}
+
+/// The StorageClass of compose/storageclass.yaml, which users apply: the test uses its
+/// server, share and policies, with its own name, provisioner name and ports.
+fn shipped_compose_class() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("compose/storageclass.yaml"))
+        .expect("compose/storageclass.yaml");
+    let class = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let v: serde_json::Value =
+                serde::Deserialize::deserialize(doc).expect("compose/storageclass.yaml parses");
+            v
+        })
+        .find(|v| v["kind"] == "StorageClass")
+        .expect("a StorageClass in compose/storageclass.yaml");
+    assert_eq!(class["parameters"]["port"], json!("2049"), "{class}");
+    assert_eq!(class["parameters"]["mountPort"], json!("20048"), "{class}");
+    class
 }
 
 /// `image/image.sh compose ...`: the compose tool of this machine on docker-compose.yml.
@@ -636,17 +667,19 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
 
     let ns = namespace(&client, "compose").await;
     let class = format!("{ns}-compose");
-    create_class(
+    let shipped = shipped_compose_class();
+    create_class_with(
         &client,
         &class,
         &name,
         json!({
-            "server": "127.0.0.1",
-            "share": "/export",
+            "server": shipped["parameters"]["server"],
+            "share": shipped["parameters"]["share"],
+            "onDelete": shipped["parameters"]["onDelete"],
             "port": nfs_port.to_string(),
             "mountPort": mount_port.to_string(),
-            "onDelete": "delete",
         }),
+        json!({"reclaimPolicy": shipped["reclaimPolicy"]}),
     )
     .await;
     create_claim(&client, &ns, "data", &class, json!({})).await;
