@@ -156,7 +156,7 @@ test-image: ## as root: build the images with podman/Docker, run them against NF
 	# The tests check the offline image's exact contents, whatever registry is reachable.
 	step image env IMAGE=$(IMAGE) IMAGE_BUILD=host image/image.sh build
 	step nfs-image image/image.sh nfs-image
-	step container-test timeout --kill-after=60 1800 $(CARGO) test --test container -- --ignored $(TEST_ARGS)
+	step container-test timeout --kill-after=60 1800 $(CARGO) test --test container -- --include-ignored $(TEST_ARGS)
 	echo "==> test-image: $$(( $$(date +%s) - started ))s in all"
 
 cluster-up: ## start the local control plane (and NFS server); first run builds it (~10 min)

@@ -199,8 +199,25 @@ compose_cmd() {
   fi
 }
 
+# The compose command among ARGS (after -p NAME / -f FILE style options).
+compose_subcommand() {
+  while (($#)); do
+    case $1 in
+      -p | -f | --project-name | --file | --env-file | --profile) shift 2 ;;
+      -*) shift ;;
+      *) echo "$1"; return ;;
+    esac
+  done
+}
+
 cmd_compose() {
-  local c
+  local c kubeconfig=${KUBECONFIG:-${HOME:-/root}/.kube/config}
+  # Compose tools create a missing bind-mount source as a directory, which
+  # then stands where the kubeconfig should be written.
+  case $(compose_subcommand "$@") in
+    down | ps | logs | stop | kill | version | "") ;;
+    *) [[ -f $kubeconfig ]] || die "no kubeconfig file at $kubeconfig (set KUBECONFIG to one file)" ;;
+  esac
   c=$(compose_cmd)
   # word splitting of "docker compose" is intended
   # shellcheck disable=SC2086
