@@ -624,7 +624,14 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
     // CAP_DAC_OVERRIDE, with CAP_DAC_READ_SEARCH) reads it as it would a user's file.
     let kubeconfig = kubeconfig_for_65532(dir.path());
     let name = provisioner_name("compose");
-    let (nfs_port, mount_port, http_port) = (free_port(), free_port(), free_port());
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    let (nfs_port, mount_port, http_port) = (ports[0], ports[1], ports[2]);
     let project = Project {
         name: common::unique("nfs3p-compose"),
         vars: vec![
