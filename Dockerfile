@@ -3,6 +3,11 @@
 # nfs3-provisioner container image.
 #
 #   docker build -t registry.example.com/nfs3-provisioner:0.1.0 .
+#   podman build --layers -t registry.example.com/nfs3-provisioner:0.1.0 .
+#
+# Both base images come from registries. Where none can be reached, `make
+# image` builds the same static binary on the host and assembles the same
+# final stage FROM scratch instead (image/Containerfile.prebuilt).
 #
 # Stage 1 builds a static musl binary; stage 2 is distroless "static" (no
 # shell, no libc), running as uid 65532. The crate uses rustls with ring, so
@@ -11,7 +16,9 @@
 # `docker buildx build --platform linux/amd64,linux/arm64` builds each
 # architecture natively (or under emulation).
 
-ARG RUST_IMAGE=rust:1-bookworm
+# Fully qualified: podman resolves no short names without a registries.conf
+# that lists a search registry.
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder

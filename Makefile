@@ -27,11 +27,11 @@ TEST_TIMEOUT ?= 3600
 TEST_TARGETS ?= --all-targets
 TEST_ARGS ?=
 E2E := tests/e2e
-SCRIPTS := $(sort $(wildcard tests/e2e/*.sh deploy/*.sh compose/*/*.sh)) .ci/run
+SCRIPTS := $(sort $(wildcard tests/e2e/*.sh deploy/*.sh compose/*/*.sh image/*.sh)) .ci/run
 
 .PHONY: help build test lint toolchain demo demo-down e2e bench image deploy \
-	check-deploy compose-up compose-down cluster-up cluster-down nfs-up nfs-down \
-	clean purge
+	check-deploy compose-up compose-down test-image cluster-up cluster-down nfs-up \
+	nfs-down clean purge
 
 help: ## list the targets
 	@echo "usage: make TARGET"
@@ -123,18 +123,8 @@ demo: ## try it: local NFS + control plane + provisioner + storageclass-examples
 demo-down: ## stop what `make demo` started: provisioner, control plane, NFS server
 	@$(E2E)/demo.sh down
 
-image: ## docker build -t $(IMAGE) . (IMAGE defaults to nfs3-provisioner:dev)
-	@command -v docker >/dev/null || {
-	  echo "make image: docker is not installed. Install Docker (with BuildKit), or build" >&2
-	  echo "  ./Dockerfile with another OCI image builder." >&2
-	  exit 1
-	}
-	docker info >/dev/null 2>&1 || {
-	  echo "make image: docker is installed but its daemon does not answer (is it running," >&2
-	  echo "  and may this user use it?)" >&2
-	  exit 1
-	}
-	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) .
+image: ## the provisioner image $(IMAGE), with Docker or podman; offline: static binary built here, FROM scratch
+	@IMAGE=$(IMAGE) image/image.sh build
 
 deploy: ## kubectl apply -k deploy/base (to the cluster of your kubeconfig)
 	@command -v $(KUBECTL) >/dev/null || { echo "make deploy: $(KUBECTL) not found (set KUBECTL=...)" >&2; exit 1; }
@@ -143,13 +133,31 @@ deploy: ## kubectl apply -k deploy/base (to the cluster of your kubeconfig)
 check-deploy: ## offline checks of deploy/: YAML parses, kustomize renders, helm lint
 	@deploy/check.sh
 
-compose-up: ## docker compose up --build -d (NFS server + provisioner in Docker)
-	@docker compose version >/dev/null 2>&1 || { echo "make compose-up: needs Docker with the compose plugin" >&2; exit 1; }
-	docker compose up --build -d
+compose-up: ## NFS server + provisioner with docker compose, podman compose or podman-compose (builds the images)
+	@IMAGE=$(IMAGE) image/image.sh compose-up
 
-compose-down: ## docker compose down
-	@docker compose version >/dev/null 2>&1 || { echo "make compose-down: needs Docker with the compose plugin" >&2; exit 1; }
-	docker compose down
+compose-down: ## stop and remove the compose containers (keeps the exported data; ARGS=-v drops it)
+	@image/image.sh compose-down $(ARGS)
+
+# Separate from `make test`: it needs root and installs podman, debootstrap and
+# the musl toolchain, then builds both images (cold: see README). It uses the
+# NFS server and control plane `make test` starts.
+test-image: ## as root: build the images with podman/Docker, run them against NFS + control plane (tests/container.rs)
+	@started=$$(date +%s)
+	step() {
+	  local t0=$$(date +%s)
+	  echo "==> [$$1] $${*:2}"
+	  "$${@:2}"
+	  echo "==> [$$1] done after $$(( $$(date +%s) - t0 ))s"
+	}
+	step install image/image.sh install
+	step nfs-up $(E2E)/nfs.sh up
+	step cluster-up $(E2E)/cluster.sh up
+	# The tests check the offline image's exact contents, whatever registry is reachable.
+	step image env IMAGE=$(IMAGE) IMAGE_BUILD=host image/image.sh build
+	step nfs-image image/image.sh nfs-image
+	step container-test timeout --kill-after=60 1800 $(CARGO) test --test container -- --include-ignored $(TEST_ARGS)
+	echo "==> test-image: $$(( $$(date +%s) - started ))s in all"
 
 cluster-up: ## start the local control plane (and NFS server); first run builds it (~10 min)
 	@$(E2E)/cluster.sh up
