@@ -448,31 +448,36 @@ async fn two_namespaces_racing_for_one_directory_cannot_both_win() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_provisioner_keeps_serving_after_refusals() {
-    // Positive control for the scenarios above: a plain claim of a safe class binds
-    // while hostile ones are refused next to it.
+    // Positive control for the scenarios above: with a hostile claim refused next to
+    // it, a plain claim binds, and its success event shows no server or path.
     let mut s = Scene::new("control").await;
-    let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
+    let hostile = s
+        .class("${.PVC.annotations.example.com/folder}", json!({}))
+        .await;
     let ns = s.namespace(None).await;
+    let meta = json!({"annotations": {"example.com/folder": "one"}});
+    create_claim(&s.client, &ns, "first", &hostile, meta.clone()).await;
+    s.bound_pv(&ns, "first").await;
+    create_claim(&s.client, &ns, "second", &hostile, meta).await;
+    s.refused(&ns, "second", "is the directory of another volume")
+        .await;
+    let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
     create_claim(&s.client, &ns, "fine", &class, json!({})).await;
     let pv = s.bound_pv(&ns, "fine").await;
     assert!(on_disk(&pv).is_dir());
-    let ev = events_for(&s.client, &ns, "fine").await;
-    let ok = ev
-        .iter()
-        .find(|(_, r, _)| r == "ProvisioningSucceeded")
-        .map(|(_, _, m)| m.clone());
-    if let Some(m) = ok {
-        assert!(
-            !m.contains(&export1()),
-            "the success event does not show the server's paths: {m}"
-        );
-    }
-    let _ = Api::<PersistentVolume>::all(s.client.clone())
-        .delete(
-            pv.metadata.name.as_deref().unwrap_or(""),
-            &DeleteParams::default(),
-        )
-        .await;
+    let msg = wait_event(
+        &s.client,
+        &ns,
+        "fine",
+        "ProvisioningSucceeded",
+        "Successfully provisioned volume",
+        REFUSAL,
+    )
+    .await;
+    assert!(
+        !msg.contains(&export1()) && !msg.contains("127.0.0.1"),
+        "the success event does not show the server or its paths: {msg}"
+    );
 }
 
 /// Labels and annotations of Pending claims are a tenant's to make as large as the API
