@@ -1,0 +1,169 @@
+//! A TCP proxy on 127.0.0.1 in front of a real server (nfs-ganesha's NFS port), through
+//! which a test injects the faults a network and a server produce: replies delayed or
+//! stalled, a connection reset in the middle of a reply, every connection cut at once
+//! (what a server restart looks like to a client), new connections refused.
+//!
+//! Faults act on the server-to-client direction, at the granularity of one read from the
+//! server socket: on loopback that is one RPC reply, small replies at least.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, Default)]
+struct Faults {
+    /// Added before each reply is forwarded.
+    delay: Duration,
+    /// Replies are held (not lost) until this is cleared.
+    stall: bool,
+    /// New connections are accepted and closed at once.
+    refuse: bool,
+    /// This many coming replies are cut halfway and their connection reset.
+    reset_mid_reply: usize,
+    /// Bumped to reset every open connection.
+    cut: u64,
+}
+
+pub struct Proxy {
+    addr: SocketAddr,
+    faults: Arc<watch::Sender<Faults>>,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding connections on a fresh loopback port to `upstream`. Must run
+    /// inside a tokio runtime, which drives the proxy.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults = Arc::new(watch::Sender::new(Faults::default()));
+        let tx = faults.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(relay(client, upstream, tx.clone()));
+            }
+        });
+        Proxy {
+            addr,
+            faults,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far: a positive control that traffic goes through here.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn delay(&self, d: Duration) {
+        self.faults.send_modify(|f| f.delay = d);
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.faults.send_modify(|f| f.stall = on);
+    }
+
+    pub fn refuse(&self, on: bool) {
+        self.faults.send_modify(|f| f.refuse = on);
+    }
+
+    /// The next `n` replies (on whichever connections) are cut halfway, then reset.
+    pub fn reset_mid_reply(&self, n: usize) {
+        self.faults.send_modify(|f| f.reset_mid_reply = n);
+    }
+
+    /// Resets every open connection now, as a server restart does.
+    pub fn cut(&self) {
+        self.faults.send_modify(|f| f.cut += 1);
+    }
+
+    /// Replies still armed to be cut (0 once the faults fired).
+    pub fn resets_pending(&self) -> usize {
+        self.faults.borrow().reset_mid_reply
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Open relays end with the cut.
+        self.cut();
+    }
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr, control: Arc<watch::Sender<Faults>>) {
+    let mut faults = control.subscribe();
+    // Linger 0: dropping a socket sends RST, so every cut is a reset, not a clean close.
+    let _ = client.set_zero_linger();
+    if faults.borrow().refuse {
+        return;
+    }
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = server.set_zero_linger();
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let cut_at = faults.borrow().cut;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+    };
+    let down_faults = faults.clone();
+    let down = async move {
+        let mut faults = down_faults;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if faults.wait_for(|f| !f.stall).await.is_err() {
+                return;
+            }
+            let delay = faults.borrow().delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let mut cut_here = false;
+            control.send_if_modified(|f| {
+                cut_here = f.reset_mid_reply > 0;
+                if cut_here {
+                    f.reset_mid_reply -= 1;
+                }
+                cut_here
+            });
+            if cut_here {
+                let _ = cw.write_all(&buf[..n / 2]).await;
+                let _ = cw.flush().await;
+                return;
+            }
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let cut = async move {
+        let _ = faults.wait_for(|f| f.cut != cut_at).await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut => {}
+    }
+}
