@@ -208,7 +208,14 @@ async fn nfs3_deep_tree_is_reclaimed_with_bounded_memory() {
 #[tokio::test]
 async fn mounted_deep_tree_is_reclaimed() {
     const DEPTH: usize = 20_000;
-    let root = tempfile::tempdir().unwrap();
+    // Memory-backed when there is one: on this VM's disk the 20000 directory removals
+    // are journal-bound (about 50 s against 1 s), and the test is about the walk.
+    let shm = Path::new("/dev/shm");
+    let root = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let outside = tempfile::tempdir().unwrap();
     fs::write(outside.path().join("precious"), b"keep").unwrap();
     plant_chain(&root.path().join("vol"), DEPTH, "level-with-a-name");
@@ -417,7 +424,7 @@ async fn slot_waits_have_a_deadline() {
         let dir = rel(&format!("{base}/big"));
         tokio::spawn(async move { share.remove_tree(&dir).await })
     };
-    let total = 4 * 151;
+    let total = 4 * 150;
     assert!(
         wait_for(Duration::from_secs(20), || files_left(&big) < total).await,
         "the long reclaim started"
@@ -474,7 +481,7 @@ async fn provisioning_is_not_starved_by_big_reclaims() {
             tokio::spawn(async move { share.remove_tree(&dir).await })
         })
         .collect();
-    let total = 4 * 251;
+    let total = 4 * 250;
     assert!(
         wait_for(Duration::from_secs(20), || files_left(&a) < total
             || files_left(&b) < total)
