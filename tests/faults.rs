@@ -6,7 +6,6 @@
 
 mod common;
 // Only this binary uses the proxy; kept out of `common/mod.rs` so the others need not build it.
-#[allow(dead_code)] // not every fault is used by every test
 #[path = "common/proxy.rs"]
 mod proxy;
 
@@ -293,6 +292,7 @@ async fn failed_parallel_removal_leaves_the_pool_healthy() {
         .await
         .expect_err("squashed root cannot empty a 555 directory of another uid");
     eprintln!("removal refused as it should be: {err}");
+    assert!(err.is_permanent(), "access denied is permanent: {err:?}");
     assert!(locked.join("kept").exists());
 
     // Every pooled connection gets used: a poisoned one fails its next call.
@@ -348,6 +348,58 @@ async fn pooled_connections_survive_resets() {
         proxy.accepted() > before,
         "new connections replaced the reset ones"
     );
+
+    // A server that shuts down cleanly closes its connections (FIN): pooled ones must
+    // fail at once and be replaced, not wait for the call's timeout.
+    let warm: Vec<_> = (0..4)
+        .map(|i| {
+            let share = share.clone();
+            let dir = rel(&format!("{base}/warm-again-{i}"));
+            tokio::spawn(async move { share.create_dir(&dir, RWX).await.map(|_| ()) })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+    proxy.close_all();
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = share
+            .create_dir(&rel(&format!("{base}/after-close-{i}")), RWX)
+            .await;
+        let took = started.elapsed();
+        assert!(
+            r.is_ok(),
+            "call {i} after every connection was closed: {r:?}"
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "call {i} took {took:?} (timeout 5 s)"
+        );
+    }
+
+    // The server is down: calls fail at once with an error worth retrying later.
+    proxy.refuse(true);
+    proxy.cut();
+    let started = Instant::now();
+    let down = share
+        .create_dir(&rel(&format!("{base}/while-down")), RWX)
+        .await;
+    let err = down.expect_err("nothing answers");
+    assert!(
+        !err.is_permanent(),
+        "a server that is down is transient: {err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.refuse(false);
+    share
+        .create_dir(&rel(&format!("{base}/back-up")), RWX)
+        .await
+        .expect("the server is back");
 
     proxy.reset_mid_reply(1);
     let r = share

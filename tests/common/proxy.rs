@@ -27,6 +27,9 @@ struct Faults {
     reset_mid_reply: usize,
     /// Bumped to reset every open connection.
     cut: u64,
+    /// Bumped to close every open connection the polite way (FIN), as a server that
+    /// shuts down cleanly does.
+    close: u64,
 }
 
 pub struct Proxy {
@@ -91,6 +94,12 @@ impl Proxy {
         self.faults.send_modify(|f| f.cut += 1);
     }
 
+    /// Closes every open connection cleanly now (FIN, then anything the client sends is
+    /// dropped unanswered until it goes away).
+    pub fn close_all(&self) {
+        self.faults.send_modify(|f| f.close += 1);
+    }
+
     /// Replies still armed to be cut (0 once the faults fired).
     pub fn resets_pending(&self) -> usize {
         self.faults.borrow().reset_mid_reply
@@ -118,52 +127,67 @@ async fn relay(client: TcpStream, upstream: SocketAddr, control: Arc<watch::Send
     let _ = server.set_zero_linger();
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let cut_at = faults.borrow().cut;
+    let (cut_at, close_at) = {
+        let f = faults.borrow();
+        (f.cut, f.close)
+    };
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-    };
-    let down_faults = faults.clone();
-    let down = async move {
-        let mut faults = down_faults;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if faults.wait_for(|f| !f.stall).await.is_err() {
-                return;
-            }
-            let delay = faults.borrow().delay;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let mut cut_here = false;
-            control.send_if_modified(|f| {
-                cut_here = f.reset_mid_reply > 0;
-                if cut_here {
-                    f.reset_mid_reply -= 1;
+    let mut graceful = false;
+    {
+        let up = async {
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        };
+        let mut down_faults = faults.clone();
+        let down = async {
+            let faults = &mut down_faults;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if faults.wait_for(|f| !f.stall).await.is_err() {
+                    return;
                 }
-                cut_here
-            });
-            if cut_here {
-                let _ = cw.write_all(&buf[..n / 2]).await;
-                let _ = cw.flush().await;
-                return;
+                let delay = faults.borrow().delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let mut cut_here = false;
+                control.send_if_modified(|f| {
+                    cut_here = f.reset_mid_reply > 0;
+                    if cut_here {
+                        f.reset_mid_reply -= 1;
+                    }
+                    cut_here
+                });
+                if cut_here {
+                    let _ = cw.write_all(&buf[..n / 2]).await;
+                    let _ = cw.flush().await;
+                    return;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
             }
-            if cw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
+        };
+        let mut cut_faults = faults.clone();
+        let cut = async {
+            let _ = cut_faults.wait_for(|f| f.cut != cut_at).await;
+        };
+        let close = async {
+            let _ = faults.wait_for(|f| f.close != close_at).await;
+        };
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+            _ = cut => {}
+            _ = close => graceful = true,
         }
-    };
-    let cut = async move {
-        let _ = faults.wait_for(|f| f.cut != cut_at).await;
-    };
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = cut => {}
+    }
+    if graceful {
+        let _ = cw.shutdown().await;
+        let _ = tokio::io::copy(&mut cr, &mut tokio::io::sink()).await;
     }
 }
