@@ -565,3 +565,105 @@ async fn provisioning_is_not_starved_by_big_reclaims() {
     assert!(!a.exists() && !b.exists());
     fs::remove_dir_all(export.join(&base)).unwrap();
 }
+
+/// Issue 11, item 4: the root handle a pooled connection cached comes back STALE (the
+/// export was re-created under it). The connection is dropped, the share mounted again,
+/// and the call retried once on the fresh root handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_root_handle_is_replaced_by_a_fresh_mount() {
+    use nfs3_client::nfs3_types::nfs3::{
+        GETATTR3args, LOOKUP3args, Nfs3Result, RMDIR3args, diropargs3, nfsstat3,
+    };
+    use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+    use nfs3_client::tokio::TokioConnector;
+
+    let export = common::nfs().export1.clone();
+    let opts = Nfs3Options {
+        max_connections: 2,
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (proxy, share) = proxied(&export, opts).await;
+    let base = common::unique("stale");
+    share.create_dir(&rel(&base), RWX).await.unwrap();
+
+    // The share's root handle, and a handle the server calls stale: a directory that
+    // was removed. Same file system, so both handles have the same length.
+    let cred = auth_unix::default();
+    let mounted = nfs3_client::Nfs3ConnectionBuilder::new(
+        TokioConnector,
+        "127.0.0.1",
+        export.to_str().unwrap(),
+    )
+    .credential(opaque_auth::auth_unix(&cred))
+    .connect_from_privileged_port(false)
+    .mount_port(MOUNT_PORT)
+    .nfs3_port(NFS_PORT)
+    .mount()
+    .await
+    .unwrap();
+    let root = mounted.root_nfs_fh3();
+    let mut client = mounted.into_nfs3_client();
+    fs::create_dir(export.join(&base).join("gone")).unwrap();
+    let gone = match client
+        .lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: root.clone(),
+                name: base.as_bytes().to_vec().into(),
+            },
+        })
+        .await
+        .unwrap()
+    {
+        Nfs3Result::Ok(ok) => ok.object,
+        Nfs3Result::Err((s, _)) => panic!("lookup {base}: {s}"),
+    };
+    let parent = gone;
+    let gone = match client
+        .lookup(&LOOKUP3args {
+            what: diropargs3 {
+                dir: parent.clone(),
+                name: b"gone".to_vec().into(),
+            },
+        })
+        .await
+        .unwrap()
+    {
+        Nfs3Result::Ok(ok) => ok.object,
+        Nfs3Result::Err((s, _)) => panic!("lookup gone: {s}"),
+    };
+    // Removed through the server, so that its cache knows.
+    let rmdir = client
+        .rmdir(&RMDIR3args {
+            object: diropargs3 {
+                dir: parent,
+                name: b"gone".to_vec().into(),
+            },
+        })
+        .await
+        .unwrap();
+    assert!(matches!(rmdir, Nfs3Result::Ok(_)), "rmdir gone");
+    let stale = client
+        .getattr(&GETATTR3args {
+            object: gone.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, Nfs3Result::Err((nfsstat3::NFS3ERR_STALE, _))),
+        "the server calls a removed directory's handle stale"
+    );
+    assert_eq!(root.data.len(), gone.data.len());
+
+    proxy.rewrite_open_connections(&root.data, &gone.data);
+    let r = share
+        .create_dir(&rel(&format!("{base}/after-stale")), RWX)
+        .await;
+    assert!(
+        proxy.rewrites() > 0,
+        "the pooled connection sent the old root"
+    );
+    assert!(r.is_ok(), "call after the root handle went stale: {r:?}");
+    assert!(export.join(&base).join("after-stale").is_dir());
+    fs::remove_dir_all(export.join(&base)).unwrap();
+}

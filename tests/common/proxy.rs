@@ -30,12 +30,16 @@ struct Faults {
     /// Bumped to close every open connection the polite way (FIN), as a server that
     /// shuts down cleanly does.
     close: u64,
+    /// In what clients send on connections accepted up to the given count, these bytes
+    /// are replaced by those (of the same length).
+    rewrite: Option<(Vec<u8>, Vec<u8>, usize)>,
 }
 
 pub struct Proxy {
     addr: SocketAddr,
     faults: Arc<watch::Sender<Faults>>,
     accepted: Arc<AtomicUsize>,
+    rewrites: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,17 +52,24 @@ impl Proxy {
         let faults = Arc::new(watch::Sender::new(Faults::default()));
         let tx = faults.clone();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let rewrites = Arc::new(AtomicUsize::new(0));
+        let (counter, rewritten) = (accepted.clone(), rewrites.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(relay(client, upstream, tx.clone()));
+                let id = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let link = Link {
+                    id,
+                    control: tx.clone(),
+                    rewrites: rewritten.clone(),
+                };
+                tokio::spawn(relay(client, upstream, link));
             }
         });
         Proxy {
             addr,
             faults,
             accepted,
+            rewrites,
             task,
         }
     }
@@ -100,6 +111,25 @@ impl Proxy {
         self.faults.send_modify(|f| f.close += 1);
     }
 
+    /// From now on, on the connections open now (not on later ones), replaces `from` by
+    /// `to` in what the client sends: how a handle the client cached goes stale while a
+    /// fresh mount gets a good one.
+    pub fn rewrite_open_connections(&self, from: &[u8], to: &[u8]) {
+        assert_eq!(
+            from.len(),
+            to.len(),
+            "a rewrite must keep the message length"
+        );
+        let upto = self.accepted();
+        self.faults
+            .send_modify(|f| f.rewrite = Some((from.to_vec(), to.to_vec(), upto)));
+    }
+
+    /// How many times a rewrite was applied: a positive control for the fault.
+    pub fn rewrites(&self) -> usize {
+        self.rewrites.load(Ordering::SeqCst)
+    }
+
     /// Replies still armed to be cut (0 once the faults fired).
     pub fn resets_pending(&self) -> usize {
         self.faults.borrow().reset_mid_reply
@@ -114,7 +144,15 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, control: Arc<watch::Sender<Faults>>) {
+/// What a relay knows of the proxy: its own connection number and the shared controls.
+struct Link {
+    id: usize,
+    control: Arc<watch::Sender<Faults>>,
+    rewrites: Arc<AtomicUsize>,
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr, link: Link) {
+    let control = link.control.clone();
     let mut faults = control.subscribe();
     // Linger 0: dropping a socket sends RST, so every cut is a reset, not a clean close.
     let _ = client.set_zero_linger();
@@ -135,8 +173,34 @@ async fn relay(client: TcpStream, upstream: SocketAddr, control: Arc<watch::Send
     let (mut sr, mut sw) = server.into_split();
     let mut graceful = false;
     {
+        let up_faults = faults.clone();
         let up = async {
-            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let rule = up_faults.borrow().rewrite.clone();
+                if let Some((from, to, upto)) = rule
+                    && link.id <= upto
+                    && !from.is_empty()
+                {
+                    let mut i = 0;
+                    while i + from.len() <= n {
+                        if buf[i..i + from.len()] == from[..] {
+                            buf[i..i + from.len()].copy_from_slice(&to);
+                            link.rewrites.fetch_add(1, Ordering::SeqCst);
+                            i += from.len();
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
         };
         let mut down_faults = faults.clone();
         let down = async {
