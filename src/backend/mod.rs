@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// The status an NFSv3 server answers with, kept typed so errors can be classified.
+pub use nfs3_client::nfs3_types::nfs3::nfsstat3 as NfsStatus;
+
 use crate::path::RelPath;
 
 /// Attributes given to a newly provisioned directory.
@@ -26,6 +29,13 @@ pub struct DirAttrs {
     /// Modification time (seconds, nanoseconds) given to the new directory, so a retry
     /// can tell it from one that was there before (see `plan::ownership::stamp`).
     pub stamp: Option<(u32, u32)>,
+}
+
+/// Whether a directory's modification time is `stamp`. Servers that keep only whole
+/// seconds report zero nanoseconds; the seconds alone still leave a one in 10^8 chance
+/// to a directory nobody could aim at (see `plan::ownership::stamp`).
+pub fn stamped(stamp: (u32, u32), mtime: (u32, u32)) -> bool {
+    mtime.0 == stamp.0 && (mtime.1 == stamp.1 || mtime.1 == 0)
 }
 
 /// What `create_dir` found.
@@ -89,11 +99,14 @@ pub struct Space {
 pub enum BackendError {
     #[error("cannot resolve NFS server {host:?}: {reason}")]
     Resolve { host: String, reason: String },
+    /// `permanent`: the server answered and refused (no such export, denied); otherwise
+    /// it could not be reached, which may change.
     #[error("cannot mount {server}:{share}: {reason}{hint}", hint = hint(reason))]
     Connect {
         server: String,
         share: String,
         reason: String,
+        permanent: bool,
     },
     #[error("NFS {op} on {server} timed out after {after:?}")]
     Timeout {
@@ -101,17 +114,20 @@ pub enum BackendError {
         server: String,
         after: Duration,
     },
+    /// `permanent`: the server rejected the credentials or does not speak the protocol;
+    /// otherwise the connection failed, which a new one may not.
     #[error("NFS {op} on {server} failed: {reason}{hint}", hint = hint(reason))]
     Rpc {
         op: &'static str,
         server: String,
         reason: String,
+        permanent: bool,
     },
     #[error("{op} {path:?} failed: {status}")]
     Status {
         op: &'static str,
         path: String,
-        status: String,
+        status: NfsStatus,
     },
     #[error("{path:?} exists and is not a directory")]
     NotADirectory { path: String },
@@ -133,6 +149,76 @@ pub enum BackendError {
         served: String,
         wanted: String,
     },
+    /// Every connection slot to the share stayed taken for the whole deadline.
+    #[error("no free NFS connection to {server} within {waited:?}; will retry")]
+    Busy { server: String, waited: Duration },
+    /// A blocking call on the mounted share did not return in time (a hung mount).
+    #[error("{op} {path:?} did not finish within {after:?}")]
+    Stalled {
+        op: &'static str,
+        path: String,
+        after: Duration,
+    },
+}
+
+impl BackendError {
+    /// True when retrying the same operation cannot help until someone changes the
+    /// server, the export or the class: permissions, read-only exports, names the
+    /// server refuses, something other than a directory in the way. False for what may
+    /// pass by itself: timeouts, lost or refused connections, a busy pool, a server
+    /// asking to retry later (JUKEBOX), a handle gone stale even after a fresh mount, a
+    /// tree that changed under us.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Connect { permanent, .. } | Self::Rpc { permanent, .. } => *permanent,
+            Self::Status { status, .. } => status_is_permanent(*status),
+            Self::Io { source, .. } => io_is_permanent(source),
+            Self::NotADirectory { .. }
+            | Self::Symlink { .. }
+            | Self::TargetExists { .. }
+            | Self::NotServed { .. } => true,
+            Self::Resolve { .. }
+            | Self::Timeout { .. }
+            | Self::NoProgress { .. }
+            | Self::Busy { .. }
+            | Self::Stalled { .. } => false,
+        }
+    }
+}
+
+fn status_is_permanent(status: NfsStatus) -> bool {
+    use NfsStatus::*;
+    match status {
+        NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS | NFS3ERR_NAMETOOLONG | NFS3ERR_NOTDIR
+        | NFS3ERR_ISDIR | NFS3ERR_EXIST | NFS3ERR_INVAL | NFS3ERR_XDEV | NFS3ERR_NODEV
+        | NFS3ERR_NXIO | NFS3ERR_MLINK | NFS3ERR_FBIG | NFS3ERR_BADHANDLE | NFS3ERR_NOTSUPP
+        | NFS3ERR_BADTYPE | NFS3ERR_REMOTE => true,
+        // Space can be freed, a concurrent writer can finish, a restarted server can
+        // answer: NOSPC, DQUOT, NOTEMPTY, NOENT, STALE, JUKEBOX, IO, SERVERFAULT, ...
+        NFS3_OK | NFS3ERR_NOENT | NFS3ERR_IO | NFS3ERR_NOSPC | NFS3ERR_NOTEMPTY | NFS3ERR_DQUOT
+        | NFS3ERR_STALE | NFS3ERR_NOT_SYNC | NFS3ERR_BAD_COOKIE | NFS3ERR_TOOSMALL
+        | NFS3ERR_SERVERFAULT | NFS3ERR_JUKEBOX => false,
+    }
+}
+
+fn io_is_permanent(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let Some(raw) = e.raw_os_error() else {
+        return false;
+    };
+    [
+        Errno::ACCESS,
+        Errno::PERM,
+        Errno::ROFS,
+        Errno::NAMETOOLONG,
+        Errno::NOTDIR,
+        Errno::ISDIR,
+        Errno::LOOP,
+        Errno::XDEV,
+        Errno::INVAL,
+    ]
+    .iter()
+    .any(|errno| errno.raw_os_error() == raw)
 }
 
 /// Turns the errors users meet most into what to do about them.
@@ -157,8 +243,10 @@ fn hint(reason: &str) -> &'static str {
 /// already validated; implementations must still never follow a symlink.
 pub trait Share: Send + Sync {
     /// Creates `dir` and any missing parents, and applies `attrs` to `dir` if, and only
-    /// if, this call made it: an existing directory (someone else's data, perhaps) is
-    /// reported, never chmod-ed or chown-ed. Parents that exist are left as they are.
+    /// if, this call made it, or an earlier call with the same `stamp` made it and
+    /// stopped short (its mtime is still the stamp): any other existing directory
+    /// (someone else's data, perhaps) is reported, never chmod-ed or chown-ed. Parents
+    /// that exist are left as they are.
     fn create_dir(
         &self,
         dir: &RelPath,
@@ -290,5 +378,101 @@ impl Shares {
                 ))))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: NfsStatus) -> BackendError {
+        BackendError::Status {
+            op: "REMOVE",
+            path: "v/x".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_outages_are_not() {
+        for s in [
+            NfsStatus::NFS3ERR_ACCES,
+            NfsStatus::NFS3ERR_PERM,
+            NfsStatus::NFS3ERR_ROFS,
+            NfsStatus::NFS3ERR_NAMETOOLONG,
+            NfsStatus::NFS3ERR_NOTDIR,
+        ] {
+            assert!(status(s).is_permanent(), "{s}");
+        }
+        for s in [
+            NfsStatus::NFS3ERR_JUKEBOX,
+            NfsStatus::NFS3ERR_STALE,
+            NfsStatus::NFS3ERR_IO,
+            NfsStatus::NFS3ERR_NOSPC,
+            NfsStatus::NFS3ERR_NOTEMPTY,
+            NfsStatus::NFS3ERR_SERVERFAULT,
+        ] {
+            assert!(!status(s).is_permanent(), "{s}");
+        }
+        let server = String::from("192.0.2.1");
+        let transient = [
+            BackendError::Timeout {
+                op: "LOOKUP",
+                server: server.clone(),
+                after: Duration::from_secs(1),
+            },
+            BackendError::Rpc {
+                op: "LOOKUP",
+                server: server.clone(),
+                reason: "connection reset".into(),
+                permanent: false,
+            },
+            BackendError::Busy {
+                server: server.clone(),
+                waited: Duration::from_secs(1),
+            },
+            BackendError::NoProgress { path: "v".into() },
+            BackendError::Stalled {
+                op: "remove",
+                path: "/pv".into(),
+                after: Duration::from_secs(1),
+            },
+            BackendError::Io {
+                op: "remove",
+                path: "/pv/v".into(),
+                source: std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
+            },
+        ];
+        for e in &transient {
+            assert!(!e.is_permanent(), "{e}");
+        }
+        let permanent = [
+            BackendError::Symlink { path: "v".into() },
+            BackendError::NotADirectory { path: "v".into() },
+            BackendError::TargetExists { path: "v".into() },
+            BackendError::Io {
+                op: "remove",
+                path: "/pv/v".into(),
+                source: std::io::Error::from_raw_os_error(rustix::io::Errno::ACCESS.raw_os_error()),
+            },
+            BackendError::Connect {
+                server,
+                share: "/x".into(),
+                reason: "MNT3ERR_ACCES".into(),
+                permanent: true,
+            },
+        ];
+        for e in &permanent {
+            assert!(e.is_permanent(), "{e}");
+        }
+    }
+
+    #[test]
+    fn status_is_shown_by_name() {
+        assert!(
+            status(NfsStatus::NFS3ERR_ACCES)
+                .to_string()
+                .contains("NFS3ERR_ACCES")
+        );
     }
 }

@@ -1,38 +1,99 @@
 //! The mounted backend: the same operations on a share mounted into the pod (such as
 //! `/persistentvolumes` in nfs-subdir-external-provisioner deployments), for NFSv4-only
-//! servers and as a drop-in replacement. Blocking filesystem calls run off the runtime.
+//! servers and as a drop-in replacement. Blocking filesystem calls run off the runtime,
+//! each under a deadline.
+
+mod remove;
 
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::{
     BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat,
 };
 use crate::path::RelPath;
 
+/// How long a blocking call may go without progress before it counts as hung.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 pub struct MountedShare {
     root: PathBuf,
+    deadline: Duration,
 }
+
+/// Bumped by a long blocking call each time it gets something done, so its deadline
+/// measures time without progress rather than the length of the whole job.
+pub(crate) type Progress = AtomicU64;
 
 impl MountedShare {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self::with_deadline(root, DEFAULT_DEADLINE)
+    }
+
+    pub fn with_deadline(root: PathBuf, deadline: Duration) -> Self {
+        Self { root, deadline }
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Path) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || f(&root))
+        self.watched("filesystem call", move |root, _| f(root))
             .await
-            .map_err(|e| BackendError::Io {
-                op: "run",
-                path: String::new(),
-                source: std::io::Error::other(e),
-            })?
+    }
+
+    /// Runs `f` on the blocking pool. When it makes no progress for the deadline (a hung
+    /// mount: a server that stopped answering a hard mount blocks the call in the
+    /// kernel), the caller gets a transient error. The thread itself stays blocked
+    /// until the kernel lets go, which nothing in user space can force; the blocking
+    /// pool bounds how many such threads there can be.
+    async fn watched<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Path, &Progress) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let root = self.root.clone();
+        let progress = Arc::new(Progress::new(0));
+        let seen = progress.clone();
+        let task = tokio::task::spawn_blocking(move || f(&root, &progress));
+        with_deadline(task, &seen, self.deadline, op, &self.root).await
+    }
+}
+
+async fn with_deadline<T>(
+    mut task: tokio::task::JoinHandle<Result<T, BackendError>>,
+    progress: &Progress,
+    deadline: Duration,
+    op: &'static str,
+    root: &Path,
+) -> Result<T, BackendError> {
+    let mut last = progress.load(Ordering::SeqCst);
+    loop {
+        match tokio::time::timeout(deadline, &mut task).await {
+            Ok(joined) => {
+                return joined.map_err(|e| BackendError::Io {
+                    op: "run",
+                    path: String::new(),
+                    source: std::io::Error::other(e),
+                })?;
+            }
+            Err(_) => {
+                let now = progress.load(Ordering::SeqCst);
+                if now == last {
+                    return Err(BackendError::Stalled {
+                        op,
+                        path: root.display().to_string(),
+                        after: deadline,
+                    });
+                }
+                last = now;
+            }
+        }
     }
 }
 
@@ -101,19 +162,6 @@ fn set_attrs(
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
 }
 
-fn count_entries(path: &Path) -> u64 {
-    fs::read_dir(path)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => 1 + count_entries(&e.path()),
-                    _ => 1,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn stat_of(m: &fs::Metadata) -> Stat {
     Stat {
         kind: kind_of(m.file_type()),
@@ -126,6 +174,10 @@ fn stat_of(m: &fs::Metadata) -> Stat {
             u32::try_from(m.mtime_nsec()).unwrap_or(0),
         ),
     }
+}
+
+fn is_own(stamp: Option<(u32, u32)>, m: &fs::Metadata) -> bool {
+    stamp.is_some_and(|s| super::stamped(s, stat_of(m).mtime))
 }
 
 /// Sets the modification time without following a symlink put in the directory's place.
@@ -171,6 +223,12 @@ impl Share for MountedShare {
                         }
                         return Ok(Made::Created);
                     }
+                    (false, false) if is_own(attrs.stamp, &m) => {
+                        // Made by an earlier attempt for the same claim that stopped
+                        // before its attributes: finish it.
+                        set_attrs(&at, attrs.mode, attrs.uid, attrs.gid)?;
+                        return Ok(Made::Created);
+                    }
                     (false, false) => return Ok(Made::Existed(stat_of(&m))),
                 }
             }
@@ -181,26 +239,8 @@ impl Share for MountedShare {
 
     async fn remove_tree(&self, dir: &RelPath) -> Result<Removed, BackendError> {
         let dir = dir.clone();
-        self.blocking(move |root| {
-            let Some(parent) = walk(root, dir.parent_segments())? else {
-                return Ok(Removed::AlreadyGone);
-            };
-            let path = parent.join(dir.leaf());
-            let Some(m) = lstat(&path)? else {
-                return Ok(Removed::AlreadyGone);
-            };
-            if !m.file_type().is_dir() {
-                fs::remove_file(&path).map_err(io("remove", &path))?;
-                return Ok(Removed::Removed { entries: 1 });
-            }
-            let entries = count_entries(&path) + 1;
-            // std's remove_dir_all does not follow symlinks, including ones swapped in
-            // while it runs.
-            match fs::remove_dir_all(&path) {
-                Ok(()) => Ok(Removed::Removed { entries }),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(Removed::AlreadyGone),
-                Err(e) => Err(io("remove", &path)(e)),
-            }
+        self.watched("remove", move |root, progress| {
+            remove::remove_tree(root, &dir, progress)
         })
         .await
     }
@@ -274,4 +314,48 @@ fn statvfs(path: &Path) -> Result<Space, BackendError> {
         free_bytes: st.f_bfree * block,
         avail_bytes: st.f_bavail * block,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(
+        ticks: u64,
+        step: Duration,
+    ) -> impl FnOnce(&Path, &Progress) -> Result<u64, BackendError> {
+        move |_, progress| {
+            for _ in 0..ticks {
+                std::thread::sleep(step);
+                progress.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(ticks)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_without_progress_is_stalled_at_the_deadline() {
+        let share = MountedShare::with_deadline("/".into(), Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        // One step of 2 s with no progress before it: a hung call.
+        let r = share
+            .watched("remove", run(1, Duration::from_secs(2)))
+            .await;
+        assert!(matches!(r, Err(BackendError::Stalled { .. })), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_call_that_progresses_is_not_cut() {
+        let share = MountedShare::with_deadline("/".into(), Duration::from_millis(300));
+        // 1 s in all, but progress every 20 ms: well past one deadline, never stalled.
+        let r = share
+            .watched("remove", run(50, Duration::from_millis(20)))
+            .await;
+        assert_eq!(r.unwrap(), 50);
+    }
 }

@@ -1,39 +1,30 @@
 //! The NFSv3 backend: plain RPCs from user space, no mount, no privileges.
 //!
 //! `nfs3_client` carries one call at a time per connection and has no timeouts, so each
-//! share gets a small pool of connections, a semaphore bounding them, and a timeout
-//! around every call. A connection that timed out or saw an I/O error is dropped, never
-//! returned to the pool: its stream may still hold a late reply.
+//! share gets a small pool of connections ([`pool`]), slots bounding them, and a timeout
+//! around every call. Removal of whole trees is in [`remove`].
 
-use std::collections::{HashSet, VecDeque};
+mod pool;
+mod remove;
+
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nfs3_client::nfs3_types::nfs3::{
     self, FSSTAT3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
     READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, diropargs3, fattr3,
     filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, sattr3, set_mtime,
 };
-use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
-use nfs3_client::tokio::{TokioConnector, TokioIo};
-use nfs3_client::{Nfs3Client, Nfs3ConnectionBuilder, RpcError};
-use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
     BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
 };
-use crate::metrics;
 use crate::path::RelPath;
-
-type Client = Nfs3Client<TokioIo<TcpStream>>;
+use pool::{Purpose, Session, rpc};
 
 /// Small enough that a READDIRPLUS reply fits one RPC fragment, which the client requires.
 const READDIR_MAXCOUNT: u32 = 32 * 1024;
 const READDIR_DIRCOUNT: u32 = 8 * 1024;
-/// Sessions one removal may use at once, its own included.
-const REMOVE_PARALLELISM: usize = 4;
 
 #[derive(Clone, Debug)]
 pub struct Nfs3Options {
@@ -63,215 +54,21 @@ impl Default for Nfs3Options {
     }
 }
 
-struct Conn {
-    client: Client,
-    root: nfs_fh3,
-}
-
 pub struct Nfs3Share {
     target: Target,
     opts: Nfs3Options,
-    idle: Mutex<Vec<Conn>>,
-    permits: std::sync::Arc<Semaphore>,
+    pool: pool::Pool,
 }
 
 impl Nfs3Share {
     pub fn new(target: Target, opts: Nfs3Options) -> Self {
-        let permits = std::sync::Arc::new(Semaphore::new(opts.max_connections.max(1)));
-        Self {
-            target,
-            opts,
-            idle: Mutex::new(Vec::new()),
-            permits,
-        }
+        let pool = pool::Pool::new(opts.max_connections);
+        Self { target, opts, pool }
     }
 
+    /// A session for provisioning and other short operations.
     async fn session(&self) -> Result<Session<'_>, BackendError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| BackendError::Rpc {
-                op: "connect",
-                server: self.target.server.clone(),
-                reason: "connection pool closed".into(),
-            })?;
-        self.session_with(permit).await
-    }
-
-    /// A pooled connection, or a new one, under a slot already held.
-    async fn session_with(
-        &self,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Session<'_>, BackendError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => self.connect().await?,
-        };
-        Ok(Session {
-            share: self,
-            conn: Some(conn),
-            broken: false,
-            _permit: permit,
-        })
-    }
-
-    /// Another session only if a connection slot is free right now: extra hands for one
-    /// operation must never wait on slots that operation's own session may be holding.
-    async fn spare_session(&self) -> Option<Session<'_>> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        self.session_with(permit).await.ok()
-    }
-
-    async fn connect(&self) -> Result<Conn, BackendError> {
-        let server = &self.target.server;
-        let ip = resolve(server, self.opts.timeout).await?;
-        let cred = auth_unix {
-            uid: self.opts.uid,
-            gid: self.opts.gid,
-            ..Default::default()
-        };
-        let mut builder =
-            Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), &self.target.share)
-                .credential(opaque_auth::auth_unix(&cred))
-                .connect_from_privileged_port(self.opts.privileged_port)
-                .portmapper_port(self.opts.portmapper_port);
-        if let Some(p) = self.target.port {
-            builder = builder.nfs3_port(p);
-        }
-        if let Some(p) = self.target.mount_port {
-            builder = builder.mount_port(p);
-        }
-        let start = Instant::now();
-        let mounted = tokio::time::timeout(self.opts.timeout, builder.mount()).await;
-        metrics::nfs_call("mount", start.elapsed(), matches!(mounted, Ok(Ok(_))));
-        let conn = match mounted {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(BackendError::Connect {
-                    server: server.clone(),
-                    share: self.target.share.clone(),
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(BackendError::Timeout {
-                    op: "MOUNT",
-                    server: server.clone(),
-                    after: self.opts.timeout,
-                });
-            }
-        };
-        let root = conn.root_nfs_fh3();
-        // The mount connection is only needed for MNT; keep just the NFS one open.
-        Ok(Conn {
-            client: conn.into_nfs3_client(),
-            root,
-        })
-    }
-}
-
-impl Nfs3Share {
-    /// Removes what `dir` holds in parallel: entries and whole subtrees are handed to
-    /// this session and to as many extra ones as the pool has free right now (at most
-    /// [`REMOVE_PARALLELISM`] in all). A large volume then does not take all night over
-    /// a slow link, and never starves other volumes' work of connections. Anything it
-    /// cannot classify is left for the sequential pass that follows.
-    async fn remove_subtrees<'a>(
-        &'a self,
-        s: &mut Session<'a>,
-        dir: &nfs_fh3,
-        path: &str,
-    ) -> Result<u64, BackendError> {
-        let mut removed = 0u64;
-        let mut seen = HashSet::new();
-        loop {
-            let page = s
-                .read_page(dir, 0, nfs3::cookieverf3::default(), path)
-                .await?;
-            let work: VecDeque<Work> = page
-                .entries
-                .into_iter()
-                .filter(|e| seen.insert(e.name.clone()))
-                .filter_map(|e| match (e.attrs, e.fh) {
-                    (Some(a), Some(fh)) if a.type_ == ftype3::NF3DIR => Some(Work::Dir(e.name, fh)),
-                    (Some(a), _) if a.type_ != ftype3::NF3DIR => Some(Work::Entry(e.name)),
-                    // Left for the sequential pass, which looks such entries up.
-                    _ => None,
-                })
-                .collect();
-            if work.is_empty() {
-                return Ok(removed);
-            }
-            let mut extra = Vec::new();
-            while extra.len() + 1 < REMOVE_PARALLELISM.min(work.len()) {
-                match self.spare_session().await {
-                    Some(x) => extra.push(x),
-                    None => break,
-                }
-            }
-            let queue = Mutex::new(work);
-            let mut workers = vec![drain(SessionRef::Borrowed(&mut *s), &queue, dir, path)];
-            workers.extend(
-                extra
-                    .into_iter()
-                    .map(|x| drain(SessionRef::Owned(x), &queue, dir, path)),
-            );
-            removed += futures::future::try_join_all(workers)
-                .await?
-                .into_iter()
-                .sum::<u64>();
-        }
-    }
-}
-
-/// One entry of a directory being emptied.
-enum Work {
-    /// Not a directory (file, symlink, ...): removed by name, never followed.
-    Entry(Vec<u8>),
-    Dir(Vec<u8>, nfs_fh3),
-}
-
-/// Removes entries of `dir` taken from `queue` until it is empty.
-async fn drain(
-    mut session: SessionRef<'_, '_>,
-    queue: &Mutex<VecDeque<Work>>,
-    dir: &nfs_fh3,
-    path: &str,
-) -> Result<u64, BackendError> {
-    let mut n = 0u64;
-    loop {
-        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        match next {
-            None => return Ok(n),
-            Some(Work::Entry(name)) => {
-                let child = format!("{path}/{}", String::from_utf8_lossy(&name));
-                session.get().remove(dir, &name, false, &child).await?;
-            }
-            Some(Work::Dir(name, fh)) => {
-                let child = format!("{path}/{}", String::from_utf8_lossy(&name));
-                n += session.get().empty_dir(fh, &child).await?;
-                session.get().remove(dir, &name, true, &child).await?;
-            }
-        }
-        n += 1;
-    }
-}
-
-/// The session an operation started with, or a spare one it took for a while.
-enum SessionRef<'s, 'a> {
-    Borrowed(&'s mut Session<'a>),
-    Owned(Session<'a>),
-}
-
-impl<'a> SessionRef<'_, 'a> {
-    fn get(&mut self) -> &mut Session<'a> {
-        match self {
-            SessionRef::Borrowed(s) => s,
-            SessionRef::Owned(s) => s,
-        }
+        self.session_for(Purpose::Short).await
     }
 }
 
@@ -313,62 +110,6 @@ struct Page {
     eof: bool,
 }
 
-/// One pooled connection for the duration of an operation.
-struct Session<'a> {
-    share: &'a Nfs3Share,
-    conn: Option<Conn>,
-    broken: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && !self.broken
-        {
-            self.share
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-        }
-    }
-}
-
-/// Runs one RPC with the share's timeout, records its latency, and marks the session
-/// broken when the connection can no longer be trusted.
-macro_rules! rpc {
-    ($s:expr, $op:literal, $method:ident, $args:expr) => {{
-        let timeout = $s.share.opts.timeout;
-        let start = Instant::now();
-        let conn = $s
-            .conn
-            .as_mut()
-            .expect("session holds a connection until dropped");
-        let result = tokio::time::timeout(timeout, conn.client.$method($args)).await;
-        metrics::nfs_call($op, start.elapsed(), matches!(result, Ok(Ok(_))));
-        match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                $s.broken |= !RpcError::is_connection_reusable(&e);
-                Err(BackendError::Rpc {
-                    op: $op,
-                    server: $s.share.target.server.clone(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                $s.broken = true;
-                Err(BackendError::Timeout {
-                    op: $op,
-                    server: $s.share.target.server.clone(),
-                    after: timeout,
-                })
-            }
-        }
-    }};
-}
-
 fn name(s: &[u8]) -> filename3<'static> {
     filename3::from(s.to_vec())
 }
@@ -377,7 +118,7 @@ fn status(op: &'static str, path: impl Into<String>, stat: nfsstat3) -> BackendE
     BackendError::Status {
         op,
         path: path.into(),
-        status: format!("{stat:?}"),
+        status: stat,
     }
 }
 
@@ -417,13 +158,6 @@ fn sattr(mode: u32, uid: Option<u32>, gid: Option<u32>) -> sattr3 {
 }
 
 impl Session<'_> {
-    fn root(&self) -> nfs_fh3 {
-        self.conn
-            .as_ref()
-            .map(|c| c.root.clone())
-            .unwrap_or_default()
-    }
-
     async fn getattr(&mut self, fh: &nfs_fh3, path: &str) -> Result<fattr3, BackendError> {
         match rpc!(
             self,
@@ -482,7 +216,7 @@ impl Session<'_> {
         &mut self,
         dir: &nfs_fh3,
         entry: &str,
-        mode: u32,
+        attributes: sattr3,
         path: &str,
     ) -> Result<Mkdir, BackendError> {
         let args = MKDIR3args {
@@ -490,7 +224,7 @@ impl Session<'_> {
                 dir: dir.clone(),
                 name: name(entry.as_bytes()),
             },
-            attributes: sattr(mode, None, None),
+            attributes,
         };
         match rpc!(self, "MKDIR", mkdir, &args)? {
             Nfs3Result::Ok(ok) => match ok.obj {
@@ -604,79 +338,6 @@ impl Session<'_> {
             Some(stat) => Err(status(if is_dir { "RMDIR" } else { "REMOVE" }, path, stat)),
         }
     }
-
-    /// Empties `dir` depth-first with an explicit stack, so depth costs memory, not
-    /// recursion. Each directory is read again from cookie 0 after a page of removals:
-    /// cookies across removals are not reliable on every server.
-    async fn empty_dir(&mut self, top: nfs_fh3, top_path: &str) -> Result<u64, BackendError> {
-        struct Frame {
-            fh: nfs_fh3,
-            name: Vec<u8>,
-            path: String,
-            removed: HashSet<Vec<u8>>,
-        }
-        let mut removed_total = 0u64;
-        let mut stack = vec![Frame {
-            fh: top,
-            name: Vec::new(),
-            path: top_path.to_string(),
-            removed: HashSet::new(),
-        }];
-        while let Some(frame) = stack.last() {
-            let (dir_fh, dir_path) = (frame.fh.clone(), frame.path.clone());
-            let page = self
-                .read_page(&dir_fh, 0, nfs3::cookieverf3::default(), &dir_path)
-                .await?;
-            if page.entries.is_empty() {
-                let done = stack.pop().expect("the loop holds a frame");
-                if let Some(parent) = stack.last_mut() {
-                    let parent_fh = parent.fh.clone();
-                    parent.removed.insert(done.name.clone());
-                    self.remove(&parent_fh, &done.name, true, &done.path)
-                        .await?;
-                    removed_total += 1;
-                }
-                continue;
-            }
-            if page.entries.iter().all(|e| frame.removed.contains(&e.name)) {
-                return Err(BackendError::NoProgress { path: dir_path });
-            }
-            let mut descend = None;
-            for Entry {
-                name: entry,
-                fh,
-                attrs,
-            } in page.entries
-            {
-                let child_path = format!("{dir_path}/{}", String::from_utf8_lossy(&entry));
-                let (fh, attrs) = match (fh, attrs) {
-                    (Some(fh), Some(a)) => (fh, a),
-                    // Some servers leave handle or attributes out of READDIRPLUS.
-                    _ => match self.lookup(&dir_fh, &entry, &child_path).await? {
-                        Some(found) => found,
-                        None => continue,
-                    },
-                };
-                if attrs.type_ == ftype3::NF3DIR {
-                    descend = Some(Frame {
-                        fh,
-                        name: entry,
-                        path: child_path,
-                        removed: HashSet::new(),
-                    });
-                    break;
-                }
-                // Files, symlinks and the rest go by name: a symlink is never followed.
-                self.remove(&dir_fh, &entry, false, &child_path).await?;
-                removed_total += 1;
-                if let Some(f) = stack.last_mut() {
-                    f.removed.insert(entry);
-                }
-            }
-            stack.extend(descend);
-        }
-        Ok(removed_total)
-    }
 }
 
 fn require_dir(attrs: &fattr3, path: &str) -> Result<(), BackendError> {
@@ -713,29 +374,46 @@ impl Share for Nfs3Share {
         for (i, seg) in segments.iter().enumerate() {
             let path = segments[..=i].join("/");
             let is_leaf = i + 1 == segments.len();
-            let mode = if is_leaf { attrs.mode } else { PARENT_MODE };
+            // The leaf gets its stamp in the MKDIR itself: if the reply is lost and the
+            // call retried on a fresh connection, the EXIST that comes back still shows
+            // the directory as ours.
+            let (on_make, full) = if is_leaf {
+                let mut full = sattr(attrs.mode, attrs.uid, attrs.gid);
+                if let Some((seconds, nseconds)) = attrs.stamp {
+                    full.mtime = set_mtime::SET_TO_CLIENT_TIME(nfstime3 { seconds, nseconds });
+                }
+                let mut on_make = sattr(attrs.mode, None, None);
+                on_make.mtime = full.mtime;
+                (on_make, full)
+            } else {
+                (
+                    sattr(PARENT_MODE, None, None),
+                    sattr(PARENT_MODE, None, None),
+                )
+            };
             // MKDIR is exclusive on the server: EXIST tells a directory made by someone
-            // else (or an earlier attempt) from one made now, with no window between a
-            // look and a make.
-            match s.mkdir(&fh, seg, mode, &path).await? {
+            // else from one made now, with no window between a look and a make.
+            match s.mkdir(&fh, seg, on_make, &path).await? {
                 Mkdir::Made(child) => {
-                    // A server umask may narrow the mode given to MKDIR; set it as meant.
-                    let set = if is_leaf {
-                        let mut a = sattr(attrs.mode, attrs.uid, attrs.gid);
-                        if let Some((seconds, nseconds)) = attrs.stamp {
-                            a.mtime = set_mtime::SET_TO_CLIENT_TIME(nfstime3 { seconds, nseconds });
-                        }
-                        a
-                    } else {
-                        sattr(PARENT_MODE, None, None)
-                    };
-                    s.setattr(&child, set, &path).await?;
+                    // A server umask may narrow the mode given to MKDIR; set it as meant,
+                    // with the owner.
+                    s.setattr(&child, full, &path).await?;
                     fh = child;
                 }
                 Mkdir::Existed(child, a) => {
                     require_dir(&a, &path)?;
                     if is_leaf {
-                        return Ok(Made::Existed(stat_of(&a)));
+                        let st = stat_of(&a);
+                        if attrs
+                            .stamp
+                            .is_some_and(|stamp| super::stamped(stamp, st.mtime))
+                        {
+                            // An earlier attempt for the same claim made it and stopped
+                            // before its attributes: finish it.
+                            s.setattr(&child, full, &path).await?;
+                            return Ok(Made::Created);
+                        }
+                        return Ok(Made::Existed(st));
                     }
                     fh = child;
                 }
@@ -745,7 +423,8 @@ impl Share for Nfs3Share {
     }
 
     async fn remove_tree(&self, dir: &RelPath) -> Result<Removed, BackendError> {
-        let mut s = self.session().await?;
+        // Reclaim may hold only the slots not kept for provisioning.
+        let mut s = self.session_for(Purpose::Reclaim).await?;
         let Some(parent) = s.walk(dir.parent_segments()).await? else {
             return Ok(Removed::AlreadyGone);
         };
@@ -761,7 +440,7 @@ impl Share for Nfs3Share {
         }
         let mut entries = self.remove_subtrees(&mut s, &fh, &path).await?;
         // Whatever is left (files, or entries created meanwhile) goes on this session.
-        entries += s.empty_dir(fh, &path).await?;
+        entries += s.empty_dir(fh, &path, &remove::Stop::default()).await?;
         s.remove(&parent, dir.leaf().as_bytes(), true, &path)
             .await?;
         Ok(Removed::Removed {

@@ -211,11 +211,12 @@ async fn create(
             },
         )
         .await?;
+    // A directory an earlier attempt for this claim made comes back as Created: it
+    // carries the claim's stamp. Anything else that exists is someone else's.
     if let Made::Existed(st) = made {
-        let ours = ownership::is_stamped(&uid, st.mtime);
         let shared = !reservation.shared_with().is_empty();
-        debug!(ours, shared, existing = ?p.existing, "directory exists");
-        if !ours && !shared && p.existing == Existing::Refuse {
+        debug!(shared, existing = ?p.existing, mtime = ?st.mtime, "directory exists");
+        if !shared && p.existing == Existing::Refuse {
             return Err(Error::Existing(format!(
                 "directory {} already exists and no PersistentVolume records it (left by a retained or deleted volume, or made by someone else); it is not handed to a new claim unless the StorageClass sets existingDirectory: adopt",
                 volume.full_path()

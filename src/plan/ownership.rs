@@ -155,14 +155,6 @@ pub fn stamp(claim_uid: &str) -> (u32, u32) {
     (secs, nsecs)
 }
 
-/// Whether a directory's modification time is the stamp of this claim. Servers that keep
-/// only whole seconds report zero nanoseconds; the seconds alone still leave a one in
-/// 10^8 chance to a directory nobody could aim at.
-pub fn is_stamped(claim_uid: &str, mtime: (u32, u32)) -> bool {
-    let (secs, nsecs) = stamp(claim_uid);
-    mtime.0 == secs && (mtime.1 == nsecs || mtime.1 == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,10 +269,11 @@ mod tests {
         assert_ne!(stamp("0b5e-1"), stamp("0b5e-2"));
         let (s, n) = stamp("uid");
         assert!((946_684_800..1_046_684_800).contains(&s) && n < 1_000_000_000);
-        assert!(is_stamped("uid", (s, n)));
-        assert!(is_stamped("uid", (s, 0)));
-        assert!(!is_stamped("uid", (s + 1, n)));
-        assert!(!is_stamped("other", (s, n)));
+        use crate::backend::stamped;
+        assert!(stamped(stamp("uid"), (s, n)));
+        assert!(stamped(stamp("uid"), (s, 0)), "servers with whole seconds");
+        assert!(!stamped(stamp("uid"), (s + 1, n)));
+        assert!(!stamped(stamp("other"), (s, n)));
     }
 
     mod property {

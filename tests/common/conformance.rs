@@ -32,7 +32,19 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
         "{:?}",
         st.mtime
     );
-    // A second create finds it and changes nothing: not the mode, not the owner.
+    // The same stamp again (a retry for the same claim after a crash before the
+    // attributes): it is finished, not refused.
+    let retry = DirAttrs {
+        mode: 0o770,
+        ..attrs
+    };
+    assert_eq!(
+        share.create_dir(&p(base, "ns/claim"), retry).await.unwrap(),
+        Made::Created
+    );
+    let st = share.stat(&p(base, "ns/claim")).await.unwrap().unwrap();
+    assert_eq!((st.mode & 0o7777, st.uid, st.gid), (0o770, 1234, 2345));
+    // Another create finds it and changes nothing: not the mode, not the owner.
     let other = DirAttrs {
         mode: 0o777,
         uid: Some(1),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real NFS server on loopback for the e2e tests: NFS-Ganesha (user-space,
-# so it needs no kernel nfsd and works in a container) exporting two scratch
-# directories over NFSv3, registered with rpcbind.
+# so it needs no kernel nfsd and works in a container) exporting three scratch
+# directories over NFSv3, registered with rpcbind: export1 and export2 with
+# no_root_squash, export3 with root_squash (root is mapped to 65534:65534),
+# for the tests of what a provisioner meets on a squashing server.
 #
 # Usage: tests/e2e/nfs.sh COMMAND
 #   up            install what is missing, start rpcbind and ganesha, wait
@@ -11,13 +13,15 @@
 #   down --purge  same, then delete the state dir with the exported data
 #   stop-server   stop only ganesha and keep the data (outage tests)
 #   start-server  start ganesha again (same as `up`)
-#   env           print `export` lines: NFS_SERVER, NFS_EXPORT1, NFS_EXPORT2
+#   env           print `export` lines: NFS_SERVER, NFS_EXPORT1, NFS_EXPORT2,
+#                 NFS_EXPORT3
 #   status        say what is running
 #
 # State: ${E2E_DIR:-/tmp/nfs3p-e2e}/nfs/ (config, pid files, export1/,
-# export2/); logs in $E2E_DIR/logs/. NFSv3 clients mount the real directory
-# path (NFS_EXPORT1 / NFS_EXPORT2); /export and /export2 are the v4 pseudo
-# paths.
+# export2/, export3/); logs in $E2E_DIR/logs/. NFSv3 clients mount the real
+# directory path (NFS_EXPORT1..3); /export, /export2 and /export3 are the v4
+# pseudo paths. A config change (such as a new export) takes effect only when
+# ganesha restarts: `nfs.sh stop-server && nfs.sh up`.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +32,9 @@ state="$E2E_DIR/nfs"
 logs="$E2E_DIR/logs"
 export1="$state/export1"
 export2="$state/export2"
+export3="$state/export3"
+# Who root becomes on export3.
+squash_id=65534
 conf="$state/ganesha.conf"
 ganesha_pidfile="$state/ganesha.pid"
 rpcbind_pidfile="$state/rpcbind.pid"
@@ -135,6 +142,20 @@ EXPORT {
     SecType = sys;
     FSAL { Name = VFS; }
 }
+EXPORT {
+    Export_Id = 3;
+    Path = $export3;
+    Pseudo = /export3;
+    Access_Type = RW;
+    # What most servers do by default: root gets no rights of its own.
+    Squash = Root_Squash;
+    Anonymous_Uid = $squash_id;
+    Anonymous_Gid = $squash_id;
+    Protocols = 3, 4;
+    Transports = TCP;
+    SecType = sys;
+    FSAL { Name = VFS; }
+}
 LOG {
     Default_Log_Level = WARN;
 }
@@ -175,7 +196,9 @@ start_ganesha() {
 }
 
 cmd_up() {
-  mkdir -p "$state" "$logs" "$export1" "$export2"
+  mkdir -p "$state" "$logs" "$export1" "$export2" "$export3"
+  # Squashed root must be able to make directories at the top of export3.
+  chmod 0777 "$export3"
   # One `up` at a time: two test runs starting together must not run apt
   # at the same time (dpkg's lock makes the second fail) or start two
   # servers.
@@ -208,6 +231,7 @@ cmd_env() {
   echo "export NFS_SERVER=127.0.0.1"
   echo "export NFS_EXPORT1=$export1"
   echo "export NFS_EXPORT2=$export2"
+  echo "export NFS_EXPORT3=$export3"
 }
 
 cmd_status() {
