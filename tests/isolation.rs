@@ -331,6 +331,61 @@ async fn an_existing_directory_is_refused_unless_the_class_adopts_it() {
     assert_eq!(m.mode() & 0o7777, 0o700, "adopted, not chmod-ed");
 }
 
+/// A namespace deleted and made again under its old name (a new tenant) must not
+/// inherit a volume the old tenant retained: neither while the retained PV exists, nor
+/// after an admin deletes the PV and leaves the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_namespace_does_not_inherit_a_retained_directory() {
+    let mut s = Scene::new("retained").await;
+    let template = "${.PVC.namespace}/${.PVC.name}";
+    let name = format!("{}-keep", s.root);
+    create_class_with(
+        &s.client,
+        &name,
+        &s.p.name,
+        json!({
+            "server": "127.0.0.1",
+            "share": export1(),
+            "pathPattern": format!("{}/{template}", s.root),
+        }),
+        json!({"reclaimPolicy": "Retain"}),
+    )
+    .await;
+    s.classes.push(name.clone());
+    let ns = s.namespace(None).await;
+    create_claim(&s.client, &ns, "data", &name, json!({})).await;
+    let old = s.bound_pv(&ns, "data").await;
+    let dir = on_disk(&old);
+    let before = fill(&dir);
+    delete_claim(&s.client, &ns, "data").await;
+    wait_for("the old claim gone", BIND, || async {
+        claims(&s.client, &ns).await.is_empty().then_some(())
+    })
+    .await;
+    // The same names again: as a new tenant in a recreated namespace would.
+    create_claim(&s.client, &ns, "data", &name, json!({})).await;
+    s.refused(&ns, "data", "is the directory of another volume")
+        .await;
+    let old_name = old.metadata.name.clone().unwrap_or_default();
+    let pvs = Api::<PersistentVolume>::all(s.client.clone());
+    pvs.delete(&old_name, &DeleteParams::default())
+        .await
+        .expect("an admin deletes the retained PV");
+    wait_for("the retained PV gone", BIND, || {
+        let pvs = pvs.clone();
+        let old_name = old_name.clone();
+        async move { pvs.get_opt(&old_name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    s.refused(
+        &ns,
+        "data",
+        "already exists and no PersistentVolume records it",
+    )
+    .await;
+    assert_eq!(snapshot(&dir), before, "the old tenant's data is untouched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_recreated_under_its_old_name_gets_a_fresh_directory_the_old_reclaim_cannot_touch()
 {

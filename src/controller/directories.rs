@@ -66,10 +66,18 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Released, failed or being deleted: its directory is about to be dealt with.
+/// Being deleted, or released (or failed) with reclaim policy Delete: its directory is
+/// about to be dealt with. A volume released under policy Retain stays as it is until an
+/// admin acts, so it holds its directory like a live one.
 pub(crate) fn releasing(v: &CachedVolume) -> bool {
     let phase = v.status.as_ref().and_then(|s| s.phase.as_deref());
-    v.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Released" | "Failed"))
+    let policy = v
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or("Delete");
+    v.metadata.deletion_timestamp.is_some()
+        || (policy == "Delete" && matches!(phase, Some("Released" | "Failed")))
 }
 
 impl Directories {

@@ -58,7 +58,7 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
     let again = share.stat(&p(base, "ns/claim")).await.unwrap().unwrap();
     assert_eq!(
         (again.mode & 0o7777, again.uid, again.gid),
-        (0o750, 1234, 2345)
+        (0o770, 1234, 2345)
     );
     let parent = share.stat(&p(base, "ns")).await.unwrap().unwrap();
     assert_eq!(
