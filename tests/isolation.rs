@@ -21,7 +21,9 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const BIND: Duration = Duration::from_secs(60);
-const REFUSAL: Duration = Duration::from_secs(30);
+/// A refusal is retried at most every 30 s (a claim refused for another volume's
+/// directory is not told when it goes): twice that, and a margin.
+const REFUSAL: Duration = Duration::from_secs(75);
 
 /// One scenario's provisioner, classes and namespaces, cleaned up on drop.
 struct Scene {
@@ -120,13 +122,14 @@ impl Scene {
             .find(|c| c.metadata.name.as_deref() == Some(claim))
             .expect("claim");
         assert_eq!(phase(&c), "Pending", "{ns}/{claim} must stay Pending");
+        let uid = c.metadata.uid.clone();
         assert!(
             volumes_of(&self.client, ns).await.iter().all(|pv| {
                 pv.spec
                     .as_ref()
                     .and_then(|s| s.claim_ref.as_ref())
-                    .and_then(|r| r.name.as_deref())
-                    != Some(claim)
+                    .and_then(|r| r.uid.clone())
+                    != uid
             }),
             "no PV for the refused claim"
         );

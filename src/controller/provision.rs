@@ -18,6 +18,9 @@ use crate::metrics;
 use crate::params::Existing;
 use crate::plan::{self, ClaimDecision, ownership};
 
+/// Longest wait before a claim refused for another volume's directory looks again.
+const CONFLICT_RETRY: Duration = Duration::from_secs(30);
+
 #[instrument(skip_all, fields(claim = %name_of(pvc.as_ref())))]
 pub async fn reconcile(
     pvc: Arc<PersistentVolumeClaim>,
@@ -115,10 +118,12 @@ async fn provision(
             metrics::provisioned(started.elapsed(), false);
             // A released volume is usually reclaimed within seconds; a live one may go
             // too (its claim deleted a moment ago), and nothing tells this claim when.
+            // Capped lower than other failures: nothing else brings the claim back when
+            // the other volume goes.
             return Ok(Action::requeue(if conflict.is_transient() {
                 Duration::from_secs(5)
             } else {
-                ctx.backoff(&uid_of(pvc))
+                ctx.backoff(&uid_of(pvc)).min(CONFLICT_RETRY)
             }));
         }
     };
