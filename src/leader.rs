@@ -78,6 +78,8 @@ pub enum Lost {
     RenewDeadline { since_last_renew: Duration },
     /// Someone else holds the Lease now.
     TakenBy(String),
+    /// Someone else wrote the Lease since our last renewal.
+    Overwritten,
 }
 
 /// What one look at the Lease found.
@@ -85,6 +87,9 @@ pub enum Lost {
 enum Attempt {
     Held,
     HeldBy(String),
+    /// Another replica wrote the Lease between our read and our write: who holds it
+    /// now is not known until the next read.
+    Raced,
 }
 
 /// The part of the record whose change means the holder is alive.
@@ -129,6 +134,7 @@ impl Elector {
                     return;
                 }
                 Ok(Attempt::HeldBy(holder)) => on_look(Some(&holder)),
+                Ok(Attempt::Raced) => {}
                 Err(e) => warn!(error = %e, "cannot read the Lease; retrying"),
             }
             tokio::time::sleep(self.timing.poll).await;
@@ -157,6 +163,7 @@ impl Elector {
                         break;
                     }
                     Ok(Attempt::HeldBy(holder)) => return Lost::TakenBy(holder),
+                    Ok(Attempt::Raced) => return Lost::Overwritten,
                     Err(e) => {
                         warn!(error = %e, left = ?left, "renewing the Lease failed");
                         let pause = self.timing.retry.min(left);
@@ -277,11 +284,9 @@ impl Elector {
                 }
                 Ok(Attempt::Held)
             }
-            // Someone wrote it since we read it: whoever did holds it now, unless it was
-            // a renewal of ours racing a release (not possible: one task writes).
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy(
-                holder.filter(|_| !ours).unwrap_or_default(),
-            )),
+            // Someone wrote it since we read it (only one task of ours writes): they
+            // hold it now, or will be seen to at the next read.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
             Err(e) => Err(self.api_error(e)),
         }
     }
