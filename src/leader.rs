@@ -230,7 +230,7 @@ impl Elector {
                         Ok(Attempt::Held)
                     }
                     // Another replica created it first: look again at the next poll.
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::HeldBy(String::new())),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
                     Err(e) => Err(self.api_error(e)),
                 };
             }
