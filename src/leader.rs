@@ -322,6 +322,103 @@ impl Elector {
     }
 }
 
+/// Whether the elector thread holds the Lease. Each term has its own number, so a
+/// Lease lost and taken again between two looks is still seen as lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Standby,
+    Leading(u64),
+}
+
+type ReleaseReply = tokio::sync::oneshot::Sender<Result<bool, LeaderError>>;
+
+/// The elector, run on a thread and a runtime of its own with a client of its own:
+/// controllers busy with a large initial list, or a connection pool full of watches,
+/// must not delay a renewal, nor the discovery that renewals fail.
+pub struct ElectorThread {
+    pub state: tokio::sync::watch::Receiver<State>,
+    release: Option<tokio::sync::oneshot::Sender<ReleaseReply>>,
+    timing: Timing,
+}
+
+impl ElectorThread {
+    /// Starts competing. `on_look` is told who holds the Lease after every read.
+    pub fn spawn(
+        config: LeaseConfig,
+        on_look: impl Fn(Option<&str>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let timing = Timing::for_duration(config.duration);
+        let (state_tx, state) = tokio::sync::watch::channel(State::Standby);
+        let (release, mut release_rx) = tokio::sync::oneshot::channel::<ReleaseReply>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("leader-election".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let client = loop {
+                        match Client::try_default().await {
+                            Ok(c) => break c,
+                            Err(e) => warn!(error = %e, "leader election: no client yet"),
+                        }
+                        tokio::time::sleep(timing.poll).await;
+                    };
+                    let mut elector = Elector::new(client, config);
+                    let mut term = 0u64;
+                    loop {
+                        tokio::select! {
+                            () = elector.acquire(&on_look) => {}
+                            reply = &mut release_rx => {
+                                if let Ok(reply) = reply {
+                                    let _ = reply.send(Ok(false));
+                                }
+                                return;
+                            }
+                        }
+                        term += 1;
+                        let _ = state_tx.send(State::Leading(term));
+                        tokio::select! {
+                            lost = elector.hold() => {
+                                warn!(?lost, "lost the Lease");
+                                let _ = state_tx.send(State::Standby);
+                            }
+                            reply = &mut release_rx => {
+                                let released = elector.release().await;
+                                let _ = state_tx.send(State::Standby);
+                                if let Ok(reply) = reply {
+                                    let _ = reply.send(released);
+                                }
+                                return;
+                            }
+                        }
+                    }
+                })
+            })?;
+        Ok(ElectorThread {
+            state,
+            release: Some(release),
+            timing,
+        })
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Stops competing and gives the Lease up if held: true if it was released.
+    pub async fn release(&mut self) -> Result<bool, LeaderError> {
+        let Some(release) = self.release.take() else {
+            return Ok(false);
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if release.send(reply).is_err() {
+            return Ok(false);
+        }
+        answer.await.unwrap_or(Ok(false))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

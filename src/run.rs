@@ -19,7 +19,7 @@ use crate::backend::{BackendConfig, Share, Shares, Target};
 use crate::config::{BackendKind, RunArgs};
 use crate::controller::{self, Context};
 use crate::http::{self, Readiness, Role};
-use crate::leader::{Elector, LeaseConfig, Lost};
+use crate::leader::{ElectorThread, LeaseConfig, State};
 use crate::metrics;
 use crate::params::Defaults;
 use crate::path::normalize_share;
@@ -116,70 +116,86 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let mut elector = Elector::new(
-        client.clone(),
+    let on_look = {
+        let ready = ready.clone();
+        move |holder: Option<&str>| ready.lease_read(holder)
+    };
+    let mut elector = ElectorThread::spawn(
         LeaseConfig {
             name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone(),
             identity: identity.clone(),
             duration: Duration::from_secs(args.lease_duration_seconds),
         },
-    );
+        on_look,
+    )
+    .map_err(|e| format!("cannot start leader election: {e}"))?;
     info!(lease = args.lease_name, timing = ?elector.timing(), "competing for the Lease");
+    let mut failed = None;
     loop {
         metrics::set_leader(false);
         ready.set_role(Role::Standby);
-        tokio::select! {
+        let mut state = elector.state.clone();
+        let term = tokio::select! {
             _ = &mut stop => break,
-            () = elector.acquire(|holder| ready.lease_read(holder)) => {}
-        }
+            r = state.wait_for(|s| matches!(s, State::Leading(_))) => match r.map(|s| *s) {
+                Ok(State::Leading(term)) => term,
+                _ => {
+                    failed = Some("leader election stopped");
+                    break;
+                }
+            },
+        };
         info!(lease = args.lease_name, "holding the Lease; acting");
         ready.set_role(Role::Leader);
         metrics::set_leader(true);
         let (work, drain) = start_controllers();
         // Boxed, not pinned on the stack, so that dropping it really ends it.
         let mut work = Box::pin(work);
-        let outcome = {
-            let hold = elector.hold();
-            tokio::pin!(hold);
-            tokio::select! {
-                _ = &mut work => Outcome::Stopped,
-                lost = &mut hold => Outcome::Lost(lost),
-                _ = &mut stop => {
-                    let _ = drain.send(true);
-                    // Keep renewing while reconciles finish: the Lease must not lapse
-                    // under work that is still writing.
-                    tokio::select! {
-                        _ = finish(&mut work, drain_limit) => Outcome::Exit,
-                        lost = &mut hold => Outcome::LostWhileDraining(lost),
-                    }
+        let mut state = elector.state.clone();
+        let lost = async move {
+            let _ = state.wait_for(|s| *s != State::Leading(term)).await;
+        };
+        tokio::pin!(lost);
+        // Biased: when the process gets the CPU back after a stall, a lost Lease is
+        // seen before the controllers take one more step.
+        let outcome = tokio::select! {
+            biased;
+            _ = &mut lost => Outcome::Lost,
+            _ = &mut stop => {
+                let _ = drain.send(true);
+                // The elector keeps renewing while reconciles finish: the Lease must
+                // not lapse under work that is still writing.
+                tokio::select! {
+                    biased;
+                    _ = &mut lost => Outcome::LostWhileDraining,
+                    _ = finish(&mut work, drain_limit) => Outcome::Exit,
                 }
             }
+            _ = &mut work => Outcome::Stopped,
         };
         // Dropping the controllers aborts whatever still runs: once the Lease is not
         // ours another replica may act, and every step is idempotent if it repeats one.
         drop(work);
         metrics::set_leader(false);
         match outcome {
-            Outcome::Lost(lost) => {
-                warn!(?lost, "lost the Lease; stopped acting and competing again");
+            Outcome::Lost => {
+                warn!("stopped acting; competing again");
                 continue;
             }
-            Outcome::LostWhileDraining(lost) => {
-                warn!(?lost, "lost the Lease while finishing work; exiting");
-                break;
-            }
-            Outcome::Exit | Outcome::Stopped => {}
-        }
-        match elector.release().await {
-            Ok(true) => info!(lease = args.lease_name, "released the Lease"),
-            Ok(false) => info!(lease = args.lease_name, "the Lease was not ours any more"),
-            Err(e) => warn!(error = %e, "could not release the Lease; it expires on its own"),
-        }
-        if matches!(outcome, Outcome::Stopped) {
-            return Err("the controllers stopped on their own".into());
+            Outcome::LostWhileDraining => warn!("lost the Lease while finishing work"),
+            Outcome::Exit => {}
+            Outcome::Stopped => failed = Some("the controllers stopped on their own"),
         }
         break;
+    }
+    match elector.release().await {
+        Ok(true) => info!(lease = args.lease_name, "released the Lease"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "could not release the Lease; it expires on its own"),
+    }
+    if let Some(why) = failed {
+        return Err(why.into());
     }
     info!("shutting down");
     Ok(ExitCode::SUCCESS)
@@ -189,8 +205,8 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
 #[derive(Debug)]
 enum Outcome {
     /// Renewal failed or another replica holds the Lease: stop at once.
-    Lost(Lost),
-    LostWhileDraining(Lost),
+    Lost,
+    LostWhileDraining,
     /// Asked to exit, reconciles finished (or their time ran out).
     Exit,
     Stopped,
