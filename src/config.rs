@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// Seconds a Lease lasts without renewal; a standby takes over after this.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// On SIGTERM, how long reconciles under way may take to finish before the Lease
+    /// is released and the process exits (keep it below the pod's grace period).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub shutdown_timeout_seconds: u64,
 }
 
 #[derive(Args, Debug, Clone)]

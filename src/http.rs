@@ -1,54 +1,159 @@
 //! `/metrics`, `/healthz` and `/readyz`, on a bare hyper server: three routes do not
 //! need a web framework.
+//!
+//! The server is on the pod network, so it defends itself: a client has
+//! [`HEADER_READ_TIMEOUT`] to send its request head, a connection lives at most
+//! [`CONNECTION_LIFETIME`], and at most [`MAX_CONNECTIONS`] are open at once. At the cap, a
+//! new connection displaces the oldest one that has not sent a request yet: a client
+//! that opens connections and sends nothing (slow loris) only ever displaces its own,
+//! and a probe, which sends its request at once, still gets its answer.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
 
-/// What `/readyz` reports: caches synced, and the default share answering (when there
-/// is one). A standby replica is ready too: it is healthy and able to take over.
-#[derive(Default)]
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What this replica is doing, for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// No leader election: always acts.
+    Single = 0,
+    /// Leader election on, and this replica does not hold the Lease.
+    Standby = 1,
+    /// Holds the Lease and acts.
+    Leader = 2,
+}
+
+/// What `/readyz` reports.
+///
+/// - A replica that acts (no leader election, or the Lease holder) is ready once its
+///   caches of classes, claims and volumes are synced and the default share (if
+///   `NFS_SERVER`/`NFS_PATH` are set) answers. Right after it takes the Lease it is
+///   not ready until its caches have synced again (usually well under a second).
+/// - A standby is ready once it has read the Lease from the API server (so it knows
+///   who leads and can take over) and the default share answers. It keeps no caches,
+///   so it does not wait for any.
+///
+/// `/healthz` only says the process serves; it is the liveness probe.
 pub struct Readiness {
+    role: AtomicU8,
     synced: AtomicBool,
+    lease_read: AtomicBool,
     share_ok: AtomicBool,
     share_checked: AtomicBool,
+    holder: Mutex<Option<String>>,
 }
 
 impl Readiness {
+    pub fn new(role: Role) -> Self {
+        Readiness {
+            role: AtomicU8::new(role as u8),
+            synced: AtomicBool::new(false),
+            lease_read: AtomicBool::new(false),
+            share_ok: AtomicBool::new(false),
+            share_checked: AtomicBool::new(false),
+            holder: Mutex::new(None),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Acquire) {
+            0 => Role::Single,
+            1 => Role::Standby,
+            _ => Role::Leader,
+        }
+    }
+
+    /// Becoming leader means syncing caches afresh; becoming standby drops them.
+    pub fn set_role(&self, role: Role) {
+        self.synced.store(false, Ordering::Release);
+        self.role.store(role as u8, Ordering::Release);
+    }
+
     pub fn set_synced(&self, v: bool) {
-        self.synced.store(v, Ordering::Relaxed);
+        self.synced.store(v, Ordering::Release);
+    }
+
+    /// The Lease was read; `holder` holds it (None: nobody).
+    pub fn lease_read(&self, holder: Option<&str>) {
+        *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = holder.map(str::to_string);
+        self.lease_read.store(true, Ordering::Release);
     }
 
     pub fn set_share(&self, ok: bool) {
-        self.share_checked.store(true, Ordering::Relaxed);
-        self.share_ok.store(ok, Ordering::Relaxed);
+        self.share_ok.store(ok, Ordering::Release);
+        self.share_checked.store(true, Ordering::Release);
     }
 
-    /// For a provisioner with no default share, or a standby that has not synced yet.
+    /// For a provisioner with no default share.
     pub fn no_share_to_check(&self) {
         self.set_share(true);
     }
 
-    fn report(&self) -> (bool, String) {
-        let synced = self.synced.load(Ordering::Relaxed);
+    pub fn report(&self) -> (bool, String) {
+        let role = self.role();
         let share =
-            self.share_checked.load(Ordering::Relaxed) && self.share_ok.load(Ordering::Relaxed);
-        let text = format!(
-            "caches: {}\ndefault share: {}\n",
-            if synced { "synced" } else { "not synced" },
-            if share { "reachable" } else { "not reachable" }
-        );
-        (synced && share, text)
+            self.share_checked.load(Ordering::Acquire) && self.share_ok.load(Ordering::Acquire);
+        let share_text = match (
+            self.share_checked.load(Ordering::Acquire),
+            self.share_ok.load(Ordering::Acquire),
+        ) {
+            (false, _) => "not checked yet",
+            (true, true) => "reachable",
+            (true, false) => "not reachable",
+        };
+        let (own_ok, own_text) = match role {
+            Role::Single | Role::Leader => {
+                let synced = self.synced.load(Ordering::Acquire);
+                (
+                    synced,
+                    if synced {
+                        "caches: synced"
+                    } else {
+                        "caches: not synced"
+                    }
+                    .to_string(),
+                )
+            }
+            Role::Standby => {
+                let read = self.lease_read.load(Ordering::Acquire);
+                let holder = self
+                    .holder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "nobody".into());
+                if read {
+                    (true, format!("lease: held by {holder}"))
+                } else {
+                    (false, "lease: not read yet".to_string())
+                }
+            }
+        };
+        let role_text = match role {
+            Role::Single => "single",
+            Role::Standby => "standby",
+            Role::Leader => "leader",
+        };
+        let text = format!("role: {role_text}\n{own_text}\ndefault share: {share_text}\n");
+        (own_ok && share, text)
     }
 }
 
@@ -61,11 +166,8 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     resp
 }
 
-async fn route(
-    req: Request<Incoming>,
-    ready: Arc<Readiness>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
+fn route(path: &str, ready: &Readiness) -> Response<Full<Bytes>> {
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -82,29 +184,301 @@ async fn route(
             reply(status, "text/plain", text)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-    })
+    }
 }
 
-pub async fn serve(addr: SocketAddr, ready: Arc<Readiness>) -> std::io::Result<()> {
+/// One open connection: whether it has sent a whole request head yet, and how to
+/// close it.
+struct Slot {
+    spoke: Arc<AtomicBool>,
+    abort: AbortHandle,
+}
+
+/// The open connections, oldest first (ids grow).
+#[derive(Default)]
+struct Slots {
+    open: Mutex<BTreeMap<u64, Slot>>,
+}
+
+impl Slots {
+    /// Makes room for one more connection by closing the oldest one that has not sent
+    /// a request yet: false when there is none (or, without `displace_idle`, when the
+    /// cap is reached).
+    fn make_room(&self, cap: usize, displace_idle: bool) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() < cap {
+            return true;
+        }
+        if !displace_idle {
+            return false;
+        }
+        let idle = open
+            .iter()
+            .find(|(_, s)| !s.spoke.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| open.remove(&id)) {
+            Some(slot) => {
+                slot.abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&self, id: u64, slot: Slot) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, slot);
+    }
+
+    fn remove(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+/// Serves until the listener fails; see the module documentation for the limits.
+pub async fn serve(listener: TcpListener, ready: Arc<Readiness>) {
+    let limits = Limits {
+        cap: MAX_CONNECTIONS,
+        header_timeout: HEADER_READ_TIMEOUT,
+        displace_idle: true,
+    };
+    serve_with(listener, ready, limits).await
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    cap: usize,
+    header_timeout: Duration,
+    /// At the cap, close the oldest idle connection (true) or refuse the new one.
+    displace_idle: bool,
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await?;
     info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    Ok(listener)
+}
+
+async fn serve_with(listener: TcpListener, ready: Arc<Readiness>, limits: Limits) {
+    let Limits {
+        cap,
+        header_timeout,
+        displace_idle,
+    } = limits;
+    let slots = Arc::new(Slots::default());
+    let mut next_id = 0u64;
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
+                // Out of descriptors, mostly: give the others a moment to close.
                 warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| route(req, ready.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                warn!(error = %e, "http connection failed");
+        if !slots.make_room(cap, displace_idle) {
+            debug!("every connection has a client that spoke; refusing one");
+            drop(stream);
+            continue;
+        }
+        let id = next_id;
+        next_id += 1;
+        let spoke = Arc::new(AtomicBool::new(false));
+        let (ready, conn_spoke, conn_slots) = (ready.clone(), spoke.clone(), slots.clone());
+        // Held until the task is registered, so it cannot finish (and unregister)
+        // before it is registered.
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = registered_rx.await;
+            let svc = service_fn(move |req: Request<Incoming>| {
+                conn_spoke.store(true, Ordering::Release);
+                let resp = route(req.uri().path(), &ready);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => debug!(error = %e, "http connection ended"),
+                Ok(Ok(())) => {}
+                Err(_) => debug!("http connection closed at its lifetime"),
             }
+            conn_slots.remove(id);
         });
+        slots.insert(
+            id,
+            Slot {
+                spoke,
+                abort: task.abort_handle(),
+            },
+        );
+        let _ = registered_tx.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[test]
+    fn readiness_of_a_standby_and_a_leader() {
+        let r = Readiness::new(Role::Standby);
+        r.no_share_to_check();
+        let (ok, text) = r.report();
+        assert!(!ok, "a standby that has not read the Lease: {text}");
+        r.lease_read(Some("replica-a"));
+        let (ok, text) = r.report();
+        assert!(ok, "{text}");
+        assert!(text.contains("held by replica-a"), "{text}");
+        r.set_role(Role::Leader);
+        let (ok, text) = r.report();
+        assert!(!ok, "a new leader syncs its caches first: {text}");
+        r.set_synced(true);
+        assert!(r.report().0);
+        r.set_share(false);
+        let (ok, text) = r.report();
+        assert!(!ok && text.contains("not reachable"), "{text}");
+    }
+
+    #[test]
+    fn a_share_not_yet_checked_is_not_ready() {
+        let r = Readiness::new(Role::Single);
+        r.set_synced(true);
+        let (ok, text) = r.report();
+        assert!(!ok && text.contains("not checked yet"), "{text}");
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn server(cap: usize, header_timeout: Duration, displace_idle: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ready = Arc::new(Readiness::new(Role::Single));
+        let limits = Limits {
+            cap,
+            header_timeout,
+            displace_idle,
+        };
+        tokio::spawn(serve_with(listener, ready, limits));
+        addr
+    }
+
+    /// Opens connections that send nothing and never closes them: 4x the cap at once,
+    /// then one more every 5 ms, up to 400.
+    fn slow_loris(addr: SocketAddr, cap: usize) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while held.len() < 400 {
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    held.push(s);
+                }
+                if held.len() >= cap * 4 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            std::future::pending::<()>().await;
+        })
+    }
+
+    /// Answers to 20 GETs of /healthz, 50 ms apart, each given 1 s.
+    async fn probe_healthz(addr: SocketAddr) -> Vec<bool> {
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            let answer = tokio::time::timeout(Duration::from_secs(1), get(addr, "/healthz")).await;
+            answers.push(matches!(answer, Ok(Ok(a)) if a.starts_with("HTTP/1.1 200")));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answers
+    }
+
+    /// Connections that send nothing, many times the cap and more coming, do not keep
+    /// /healthz from answering, each time within a second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_loris_cannot_stop_healthz() {
+        let cap = 16;
+        let addr = server(cap, Duration::from_secs(30), true).await;
+        let attack = slow_loris(addr, cap);
+        // Let the attack fill every slot first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answers = probe_healthz(addr).await;
+        attack.abort();
+        assert!(answers.iter().all(|ok| *ok), "{answers:?}");
+    }
+
+    /// The control: refusing new connections at the cap instead, the same attack keeps
+    /// /healthz from answering, so the test above can fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusing_at_the_cap_lets_slow_loris_win() {
+        let cap = 16;
+        let addr = server(cap, Duration::from_secs(30), false).await;
+        let attack = slow_loris(addr, cap);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answers = probe_healthz(addr).await;
+        attack.abort();
+        assert!(answers.iter().all(|ok| !*ok), "{answers:?}");
+    }
+
+    /// Connections that have sent a request are never displaced.
+    #[tokio::test]
+    async fn only_idle_connections_are_displaced() {
+        let slots = Slots::default();
+        let never_done = tokio::spawn(std::future::pending::<()>());
+        for id in 0..4 {
+            slots.insert(
+                id,
+                Slot {
+                    spoke: Arc::new(AtomicBool::new(true)),
+                    abort: never_done.abort_handle(),
+                },
+            );
+        }
+        assert!(!slots.make_room(4, true), "all have spoken: no room");
+        slots.remove(0);
+        slots.insert(
+            4,
+            Slot {
+                spoke: Arc::new(AtomicBool::new(false)),
+                abort: never_done.abort_handle(),
+            },
+        );
+        assert!(slots.make_room(4, true), "the silent one makes room");
+        assert!(
+            !slots
+                .open
+                .lock()
+                .map(|o| o.contains_key(&4))
+                .unwrap_or(true)
+        );
+        never_done.abort();
+    }
+
+    /// A connection that sends nothing is closed after the header read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_connection_is_closed_at_the_header_timeout() {
+        let addr = server(8, Duration::from_millis(300), true).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed within 5 s");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     }
 }

@@ -1,5 +1,10 @@
 //! The `run` command: connect to the cluster, serve health and metrics, and run the
 //! controllers, only while holding the Lease when leader election is on.
+//!
+//! On SIGTERM or SIGINT no new work is taken, reconciles under way may finish for
+//! `--shutdown-timeout-seconds`, then the Lease is released (so a standby takes over
+//! at its next poll, about a second) and the process exits. A holder that cannot renew
+//! within the renew deadline stops its controllers at once and competes again.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,13 +12,14 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::events::Reporter;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backend::{BackendConfig, Share, Shares, Target};
 use crate::config::{BackendKind, RunArgs};
 use crate::controller::{self, Context};
-use crate::http::{self, Readiness};
-use crate::leader;
+use crate::http::{self, Readiness, Role};
+use crate::leader::{ElectorThread, LeaseConfig, State};
 use crate::metrics;
 use crate::params::Defaults;
 use crate::path::normalize_share;
@@ -21,6 +27,10 @@ use crate::path::normalize_share;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
+    // Listening on the signals from the start: a SIGTERM that comes while we connect
+    // must not kill the process with the default action.
+    let stop = shutdown_signal()?;
+    tokio::pin!(stop);
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
@@ -36,20 +46,22 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             served: default_target.clone(),
         },
     };
-    let ready = Arc::new(Readiness::default());
+    let role = if args.leader_elect {
+        Role::Standby
+    } else {
+        Role::Single
+    };
+    let ready = Arc::new(Readiness::new(role));
     let identity = args
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("nfs3-provisioner-{}", uuid::Uuid::new_v4()));
     info!(provisioner = args.provisioner_name, identity, backend = ?args.backend, "starting");
 
-    let http_ready = ready.clone();
-    let addr = args.http_addr;
-    tokio::spawn(async move {
-        if let Err(e) = http::serve(addr, http_ready).await {
-            warn!(error = %e, %addr, "health and metrics server failed");
-        }
-    });
+    let listener = http::bind(args.http_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
+    tokio::spawn(http::serve(listener, ready.clone()));
     tokio::spawn(watch_default_share(
         Shares::new(backend.clone()),
         default_target,
@@ -76,68 +88,144 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
             }
         }
     };
-
-    if !args.leader_elect {
-        metrics::set_leader(true);
-        controller::run(
-            client,
-            make_ctx(backend),
-            args.concurrency,
-            ready,
-            shutdown_signal(),
-        )
-        .await;
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    let lease = leader::Lease {
-        name: args.lease_name.clone(),
-        namespace: args.lease_namespace.clone(),
-        identity: identity.clone(),
-        duration_seconds: args.lease_duration_seconds,
-    };
-    let mut leading = leader::elect(client.clone(), &lease)
-        .await
-        .map_err(|e| format!("leader election: {e}"))?;
-    // A standby is healthy and ready to take over; only the holder works.
-    ready.set_synced(true);
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        metrics::set_leader(false);
-        tokio::select! {
-            _ = &mut stop => break,
-            changed = leading.wait_for(|held| *held) => {
-                if changed.is_err() {
-                    return Err("leader election stopped".into());
-                }
-            }
-        }
-        info!(lease = lease.name, "acquired the lease; acting");
-        metrics::set_leader(true);
-        ready.set_synced(false);
-        let mut lost = leading.clone();
-        let lost = async move {
-            let _ = lost.wait_for(|held| !*held).await;
-        };
+    let drain_limit = Duration::from_secs(args.shutdown_timeout_seconds);
+    let start_controllers = || {
+        let (drain_tx, drain_rx) = watch::channel(false);
         let work = controller::run(
             client.clone(),
             make_ctx(backend.clone()),
             args.concurrency,
             ready.clone(),
-            std::future::pending(),
+            drained_on(drain_rx),
         );
+        (work, drain_tx)
+    };
+
+    if !args.leader_elect {
+        metrics::set_leader(true);
+        let (work, drain) = start_controllers();
+        tokio::pin!(work);
         tokio::select! {
-            _ = work => {}
-            // Dropping the controllers aborts their reconciles at once: another replica
-            // may already act, and every step is idempotent if it repeats one.
-            _ = lost => warn!("lost the lease; stopped acting"),
-            _ = &mut stop => break,
+            _ = &mut work => return Err("the controllers stopped on their own".into()),
+            _ = &mut stop => {}
         }
-        ready.set_synced(true);
+        let _ = drain.send(true);
+        finish(work, drain_limit).await;
+        metrics::set_leader(false);
+        info!("shutting down");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let on_look = {
+        let ready = ready.clone();
+        move |holder: Option<&str>| ready.lease_read(holder)
+    };
+    let mut elector = ElectorThread::spawn(
+        LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+        },
+        on_look,
+    )
+    .map_err(|e| format!("cannot start leader election: {e}"))?;
+    info!(lease = args.lease_name, timing = ?elector.timing(), "competing for the Lease");
+    let mut failed = None;
+    loop {
+        metrics::set_leader(false);
+        ready.set_role(Role::Standby);
+        let mut state = elector.state.clone();
+        let term = tokio::select! {
+            _ = &mut stop => break,
+            r = state.wait_for(|s| matches!(s, State::Leading(_))) => match r.map(|s| *s) {
+                Ok(State::Leading(term)) => term,
+                _ => {
+                    failed = Some("leader election stopped");
+                    break;
+                }
+            },
+        };
+        info!(lease = args.lease_name, "holding the Lease; acting");
+        ready.set_role(Role::Leader);
+        metrics::set_leader(true);
+        let (work, drain) = start_controllers();
+        // Boxed, not pinned on the stack, so that dropping it really ends it.
+        let mut work = Box::pin(work);
+        let mut state = elector.state.clone();
+        let lost = async move {
+            let _ = state.wait_for(|s| *s != State::Leading(term)).await;
+        };
+        tokio::pin!(lost);
+        // Biased: when the process gets the CPU back after a stall, a lost Lease is
+        // seen before the controllers take one more step.
+        let outcome = tokio::select! {
+            biased;
+            _ = &mut lost => Outcome::Lost,
+            _ = &mut stop => {
+                let _ = drain.send(true);
+                // The elector keeps renewing while reconciles finish: the Lease must
+                // not lapse under work that is still writing.
+                tokio::select! {
+                    biased;
+                    _ = &mut lost => Outcome::LostWhileDraining,
+                    _ = finish(&mut work, drain_limit) => Outcome::Exit,
+                }
+            }
+            _ = &mut work => Outcome::Stopped,
+        };
+        // Dropping the controllers aborts whatever still runs: once the Lease is not
+        // ours another replica may act, and every step is idempotent if it repeats one.
+        drop(work);
+        metrics::set_leader(false);
+        match outcome {
+            Outcome::Lost => {
+                warn!("stopped acting; competing again");
+                continue;
+            }
+            Outcome::LostWhileDraining => warn!("lost the Lease while finishing work"),
+            Outcome::Exit => {}
+            Outcome::Stopped => failed = Some("the controllers stopped on their own"),
+        }
+        break;
+    }
+    match elector.release().await {
+        Ok(true) => info!(lease = args.lease_name, "released the Lease"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "could not release the Lease; it expires on its own"),
+    }
+    if let Some(why) = failed {
+        return Err(why.into());
     }
     info!("shutting down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How one term as leader ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Renewal failed or another replica holds the Lease: stop at once.
+    Lost,
+    LostWhileDraining,
+    /// Asked to exit, reconciles finished (or their time ran out).
+    Exit,
+    Stopped,
+}
+
+async fn drained_on(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Waits for the controllers to finish the reconciles under way, for at most `limit`.
+async fn finish(work: impl std::future::Future<Output = ()>, limit: Duration) {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(limit, work).await {
+        Ok(()) => info!(took = ?started.elapsed(), "work under way finished"),
+        Err(_) => warn!(
+            ?limit,
+            "work still under way at the shutdown deadline; leaving it (each step can be repeated)"
+        ),
+    }
 }
 
 fn identity_of(args: &RunArgs) -> String {
@@ -183,18 +271,19 @@ async fn watch_default_share(shares: Shares, target: Option<Target>, ready: Arc<
     }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    info!("signal received; finishing work under way");
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, BoxError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "signal received; finishing work under way");
+    })
 }

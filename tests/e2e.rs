@@ -23,6 +23,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::RwLock;
 
+#[path = "e2e/chaos.rs"]
+mod chaos;
+#[path = "e2e/leader.rs"]
+mod leader;
+
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
 fn provisioner_name(label: &str) -> String {
@@ -808,10 +813,25 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     } else {
         (&mut b, &mut a)
     };
-    assert_eq!(
-        standby.http_get("/readyz").map(|r| r.0),
-        Some(200),
-        "a standby is ready"
+    // The standby's gauge reads 0 from its start, before it has read the Lease: wait
+    // for what readiness says, which is that it has (see `http::Readiness`).
+    let lead_name = if leader == 'a' {
+        "replica-a"
+    } else {
+        "replica-b"
+    };
+    let body = wait_for("the standby to be ready", Duration::from_secs(30), || {
+        let answer = standby.http_get("/readyz");
+        async move {
+            answer
+                .filter(|(code, _)| *code == 200)
+                .map(|(_, body)| body)
+        }
+    })
+    .await;
+    assert!(
+        body.contains("role: standby") && body.contains(&format!("held by {lead_name}")),
+        "{body}"
     );
     assert_eq!(standby.http_get("/healthz").map(|r| r.0), Some(200));
 

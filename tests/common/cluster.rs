@@ -172,6 +172,24 @@ impl Provisioner {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// SIGTERM, as Kubernetes stops a pod: the process should finish and exit.
+    pub fn terminate(&self) {
+        if let Some(c) = self.child.as_ref() {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -TERM {}: {status}", c.id());
+        }
+    }
+
+    /// The exit status once the process has exited, None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

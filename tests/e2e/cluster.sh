@@ -16,6 +16,10 @@
 #   env           print `export` lines: KUBECONFIG, K8S_BIN, E2E_DIR and
 #                 the NFS_* lines of nfs.sh env. Use: eval "$(cluster.sh env)"
 #   status        say what is running
+#   kill-apiserver   SIGKILL kube-apiserver only, as a crash would (chaos
+#                    tests); etcd and the controller manager keep running
+#   start-apiserver  start kube-apiserver again if it is not running, and
+#                    wait until it is ready
 #
 # Ports (127.0.0.1 only, all non-default so nothing clashes with a real
 # cluster on the machine): etcd 23790 (peer 23800), kube-apiserver 16443,
@@ -354,6 +358,25 @@ cmd_down() {
   fi
 }
 
+cmd_kill_apiserver() {
+  local pid
+  if pid=$(pid_of "$k8s/kube-apiserver.pid" kube-apiserver); then
+    kill -KILL "$pid" 2>/dev/null || true
+    while alive "$pid"; do sleep 0.1; done
+    log "killed kube-apiserver ($pid)"
+  fi
+  rm -f "$k8s/kube-apiserver.pid"
+}
+
+cmd_start_apiserver() {
+  [[ -s $pki/ca.crt ]] || die "no cluster state in $k8s: run '$0 up' first"
+  mkdir -p "$logs"
+  exec 9>"$k8s/.lock"
+  flock 9
+  K8S_BIN=$("$here/build-control-plane.sh" --print-dir)
+  ensure kube-apiserver apiserver 120
+}
+
 cmd_env() {
   echo "export E2E_DIR=$E2E_DIR"
   echo "export KUBECONFIG=$kubeconfig"
@@ -375,8 +398,10 @@ case ${1:-} in
   down) cmd_down "${2:-}" ;;
   env) cmd_env ;;
   status) cmd_status ;;
+  kill-apiserver) cmd_kill_apiserver ;;
+  start-apiserver) cmd_start_apiserver ;;
   *)
-    echo "usage: $0 up|down [--purge]|env|status" >&2
+    echo "usage: $0 up|down [--purge]|env|status|kill-apiserver|start-apiserver" >&2
     exit 2
     ;;
 esac
