@@ -607,7 +607,7 @@ fn expected_rules(lease: &str) -> Rules {
             "coordination.k8s.io",
             "leases",
             &[lease],
-            &["get", "patch"],
+            &["get", "update"],
         ),
         ("Role", "coordination.k8s.io", "leases", &[], &["create"]),
     ];
@@ -766,7 +766,7 @@ fn base_service_account_gets_only_those_rights() {
         // Events about PVs (cluster-scoped) go to "default".
         ("create", "events.events.k8s.io", "default"),
         ("get", lease_res, NAMESPACE),
-        ("patch", lease_res, NAMESPACE),
+        ("update", lease_res, NAMESPACE),
         ("create", "leases.coordination.k8s.io", NAMESPACE),
     ];
     let refused: &[(&str, &str, &str)] = &[
@@ -782,7 +782,7 @@ fn base_service_account_gets_only_those_rights() {
         ("create", "events", tenant),
         ("update", "events.events.k8s.io", tenant),
         ("delete", "events.events.k8s.io", tenant),
-        ("update", lease_res, NAMESPACE),
+        ("patch", lease_res, NAMESPACE),
         ("delete", lease_res, NAMESPACE),
         (
             "get",

@@ -30,6 +30,23 @@ mod leader;
 
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 
+/// The one Lease name deploy/base's Role lets the ServiceAccount read and renew
+/// (`resourceNames`), so the scenarios with leader election take turns with it.
+static LEASE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const LEASE_NAME: &str = "nfs3-provisioner";
+
+/// Takes the Lease name for one scenario, with no holder left from an earlier one.
+/// Take it after `EXCLUSIVE`, always in that order.
+async fn the_lease(client: &kube::Client) -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = LEASE.lock().await;
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        "nfs3-provisioner",
+    );
+    let _ = leases.delete(LEASE_NAME, &DeleteParams::default()).await;
+    guard
+}
+
 fn provisioner_name(label: &str) -> String {
     format!("{}.e2e.nfs3-provisioner.io/nfs", common::unique(label))
 }
@@ -766,9 +783,8 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     common::nfs();
     let client = admin().await;
     let name = provisioner_name("leader");
-    // The one Lease name deploy/base's Role lets the ServiceAccount read and renew
-    // (resourceNames). A Lease left by an earlier run expires within its 6 s.
-    let lease = "nfs3-provisioner";
+    let _lease = the_lease(&client).await;
+    let lease = LEASE_NAME;
     let env = [
         ("LEADER_ELECT", "true"),
         ("LEASE_NAME", lease),

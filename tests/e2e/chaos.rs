@@ -266,7 +266,8 @@ async fn chaos_200_claims_through_api_server_and_nfs_restarts() {
     let started = Instant::now();
     let client = admin().await;
     let name = provisioner_name("chaos");
-    let lease = common::unique("lease");
+    let _lease = the_lease(&client).await;
+    let lease = LEASE_NAME.to_string();
     let elect = |pod| {
         [
             ("LEADER_ELECT", "true"),

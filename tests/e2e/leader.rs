@@ -66,7 +66,8 @@ async fn sigterm_hands_the_lease_over_in_under_3_s() {
     common::nfs();
     let client = admin().await;
     let name = provisioner_name("handover");
-    let lease = common::unique("lease");
+    let _lease = the_lease(&client).await;
+    let lease = LEASE_NAME.to_string();
     let mut a = Provisioner::start(&name, "handover-a", &elect_env(&lease, "15", "replica-a"));
     leads(&a, "replica-a to lead").await;
     let b = Provisioner::start(&name, "handover-b", &elect_env(&lease, "15", "replica-b"));
@@ -235,7 +236,8 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     let via = via.to_str().expect("utf-8 path");
 
     let name = provisioner_name("cutoff");
-    let lease = common::unique("lease");
+    let _lease = the_lease(&client).await;
+    let lease = LEASE_NAME.to_string();
     let env_a = elect_env(&lease, "6", "replica-a");
     let a = Provisioner::start(
         &name,
