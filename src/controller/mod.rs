@@ -43,7 +43,38 @@ pub enum Error {
     /// Another volume goes first; this one is retried.
     #[error("{0}")]
     Waiting(String),
+    /// The directory is still used by live volumes; retried until they are released.
+    #[error("{0}")]
+    InUse(String),
 }
+
+impl Error {
+    /// Whether retrying soon can help. Permanent failures need someone to act (access
+    /// denied or a read-only export, a name the server refuses, an edited PV annotation,
+    /// an API request the server rejects as forbidden or invalid): they are reported
+    /// once per retry and retried slowly, every [`PERMANENT_RETRY`].
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => matches!(s.code, 400 | 403 | 404 | 405 | 413 | 422),
+            Error::Kube(_) => false,
+            Error::Backend(e) => e.is_permanent(),
+            Error::Refused(_) | Error::Existing(_) => true,
+            Error::Waiting(_) | Error::InUse(_) => false,
+        }
+    }
+
+    /// What the event says about the next attempt.
+    pub(crate) fn retry_note(&self) -> &'static str {
+        if self.is_permanent() {
+            "this needs an administrator to act; retrying every 5 minutes"
+        } else {
+            "will retry"
+        }
+    }
+}
+
+/// How often a permanent failure is tried again: it may have been fixed meanwhile.
+const PERMANENT_RETRY: Duration = Duration::from_secs(300);
 
 pub struct Context {
     pub client: Client,
@@ -193,8 +224,13 @@ fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Act
         return Action::requeue(Duration::from_secs(5));
     }
     let uid = obj.meta().uid.clone().unwrap_or_default();
-    let delay = ctx.backoff(&uid);
-    warn!(name = obj.meta().name.as_deref().unwrap_or(""), error = %err, retry_in = ?delay, "reconcile failed");
+    let backoff = ctx.backoff(&uid);
+    let delay = if err.is_permanent() {
+        backoff.max(PERMANENT_RETRY)
+    } else {
+        backoff
+    };
+    warn!(name = obj.meta().name.as_deref().unwrap_or(""), error = %err, permanent = err.is_permanent(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -521,6 +557,43 @@ mod tests {
             assert!(n.ends_with("..."));
         }
         assert_eq!(cap_note("short".into()), "short");
+    }
+
+    #[test]
+    fn failures_that_need_an_administrator_are_told_apart() {
+        use crate::backend::{BackendError, NfsStatus};
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        let status = |status| {
+            Error::Backend(BackendError::Status {
+                op: "MKDIR",
+                path: "p".into(),
+                status,
+            })
+        };
+        for (err, permanent) in [
+            (api(403), true),
+            (api(422), true),
+            (api(409), false),
+            (api(500), false),
+            (api(429), false),
+            (status(NfsStatus::NFS3ERR_ACCES), true),
+            (status(NfsStatus::NFS3ERR_ROFS), true),
+            (status(NfsStatus::NFS3ERR_NAMETOOLONG), true),
+            (status(NfsStatus::NFS3ERR_JUKEBOX), false),
+            (status(NfsStatus::NFS3ERR_NOSPC), false),
+            (Error::Refused("bad annotation".into()), true),
+            (Error::Waiting("first".into()), false),
+            (Error::InUse("shared".into()), false),
+        ] {
+            assert_eq!(err.is_permanent(), permanent, "{err}");
+            assert_eq!(err.retry_note().contains("administrator"), permanent);
+        }
     }
 
     #[test]

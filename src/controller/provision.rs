@@ -165,8 +165,9 @@ async fn provision(
                 EventType::Warning,
                 "ProvisioningFailed",
                 format!(
-                    "failed to provision volume with StorageClass {:?}: {e}; will retry",
-                    class.metadata.name.as_deref().unwrap_or("")
+                    "failed to provision volume with StorageClass {:?}: {e}; {}",
+                    class.metadata.name.as_deref().unwrap_or(""),
+                    e.retry_note()
                 ),
             )
             .await;

@@ -135,7 +135,7 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
                 pv,
                 EventType::Warning,
                 "VolumeFailedDelete",
-                format!("{action} of {}: {e}", rec.directory),
+                format!("{action} of {}: {e}; {}", rec.directory, e.retry_note()),
             )
             .await;
             Err(e)
@@ -177,7 +177,7 @@ async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static st
         SharedRelease::Act(o) => o,
         SharedRelease::LeaveToLive(users) => {
             // Retried with backoff: the last of the users to be released reclaims it.
-            return Err(Error::Refused(format!(
+            return Err(Error::InUse(format!(
                 "directory {full} is also used by PersistentVolume(s) {}; leaving it in place until they are released",
                 users.join(", ")
             )));
