@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use nfs3_client::nfs3_types::nfs3::{
     self, FSSTAT3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
-    READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, diropargs3, fattr3,
-    filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, sattr3, set_mtime,
+    READDIRPLUS3args, RENAME3args, SETATTR3args, diropargs3, fattr3, filename3, ftype3, nfs_fh3,
+    nfsstat3, nfstime3, sattr3, set_mtime,
 };
 
 use super::{
@@ -316,28 +316,6 @@ impl Session<'_> {
             Nfs3Result::Err((stat, _)) => Err(status("READDIRPLUS", path, stat)),
         }
     }
-
-    async fn remove(
-        &mut self,
-        dir: &nfs_fh3,
-        entry: &[u8],
-        is_dir: bool,
-        path: &str,
-    ) -> Result<(), BackendError> {
-        let what = diropargs3 {
-            dir: dir.clone(),
-            name: name(entry),
-        };
-        let res = if is_dir {
-            rpc!(self, "RMDIR", rmdir, &RMDIR3args { object: what })?.map_status()
-        } else {
-            rpc!(self, "REMOVE", remove, &REMOVE3args { object: what })?.map_status()
-        };
-        match res {
-            None | Some(nfsstat3::NFS3ERR_NOENT) => Ok(()),
-            Some(stat) => Err(status(if is_dir { "RMDIR" } else { "REMOVE" }, path, stat)),
-        }
-    }
 }
 
 fn require_dir(attrs: &fattr3, path: &str) -> Result<(), BackendError> {
@@ -434,14 +412,14 @@ impl Share for Nfs3Share {
         };
         if attrs.type_ != ftype3::NF3DIR {
             // A file or symlink where the volume was: remove the entry itself, never its target.
-            s.remove(&parent, dir.leaf().as_bytes(), false, &path)
+            s.remove_entry(&parent, dir.leaf().as_bytes(), false, &path)
                 .await?;
             return Ok(Removed::Removed { entries: 1 });
         }
         let mut entries = self.remove_subtrees(&mut s, &fh, &path).await?;
         // Whatever is left (files, or entries created meanwhile) goes on this session.
         entries += s.empty_dir(fh, &path, &remove::Stop::default()).await?;
-        s.remove(&parent, dir.leaf().as_bytes(), true, &path)
+        s.remove_entry(&parent, dir.leaf().as_bytes(), true, &path)
             .await?;
         Ok(Removed::Removed {
             entries: entries + 1,
