@@ -490,13 +490,29 @@ pub async fn run(
 }
 
 fn event(type_: EventType, reason: &str, note: String) -> Event {
+    let note = cap_note(note);
+    // kube's Recorder counts events with the same type, reason and action as one series
+    // and keeps the first note: a claim whose failure changes (another volume's
+    // directory, then an unrecorded one) would keep showing the first. The action
+    // carries a hash of the note, so each distinct message is an event of its own and
+    // a repeated one still counts up.
+    let action = match type_ {
+        EventType::Normal => reason.to_string(),
+        EventType::Warning => format!("{reason}-{:08x}", fnv32(&note)),
+    };
     Event {
         type_,
         reason: reason.into(),
-        note: Some(cap_note(note)),
-        action: reason.into(),
+        note: Some(note),
+        action,
         secondary: None,
     }
+}
+
+fn fnv32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The API refuses notes over 1 kB (bytes, not characters): cut at a character boundary.
@@ -594,6 +610,18 @@ mod tests {
             assert_eq!(err.is_permanent(), permanent, "{err}");
             assert_eq!(err.retry_note().contains("administrator"), permanent);
         }
+    }
+
+    #[test]
+    fn different_warnings_are_different_events_and_the_same_one_repeats() {
+        let a = event(EventType::Warning, "ProvisioningFailed", "one".into());
+        let b = event(EventType::Warning, "ProvisioningFailed", "two".into());
+        let a2 = event(EventType::Warning, "ProvisioningFailed", "one".into());
+        assert_ne!(a.action, b.action);
+        assert_eq!(a.action, a2.action);
+        assert!(a.action.starts_with("ProvisioningFailed-") && a.action.len() < 128);
+        let n = event(EventType::Normal, "Provisioning", "x".into());
+        assert_eq!(n.action, "Provisioning");
     }
 
     #[test]
