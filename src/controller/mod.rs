@@ -498,7 +498,7 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
     // a repeated one still counts up.
     let action = match type_ {
         EventType::Normal => reason.to_string(),
-        EventType::Warning => format!("{reason}-{:08x}", fnv32(&note)),
+        EventType::Warning => format!("{reason}-{:016x}", plan::fnv1a(note.as_bytes())),
     };
     Event {
         type_,
@@ -507,12 +507,6 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
         action,
         secondary: None,
     }
-}
-
-fn fnv32(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 /// The API refuses notes over 1 kB (bytes, not characters): cut at a character boundary.

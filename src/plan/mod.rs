@@ -19,6 +19,14 @@ pub mod release;
 
 pub use release::archive_target;
 
+/// FNV-1a, 64 bits: stable across builds and versions (unlike std's hasher), for names
+/// and stamps that must come out the same on every retry and after an upgrade.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 pub const ANN_STORAGE_PROVISIONER_BETA: &str = "volume.beta.kubernetes.io/storage-provisioner";
 pub const ANN_SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";

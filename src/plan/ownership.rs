@@ -146,10 +146,7 @@ pub fn check<'a>(
 /// can stamp a directory in advance: the uid is random and assigned when the claim is
 /// made. Seconds fall in 2000-2003, out of the way of real times.
 pub fn stamp(claim_uid: &str) -> (u32, u32) {
-    // FNV-1a: stable across builds and versions, unlike std's hasher.
-    let h = claim_uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let h = super::fnv1a(claim_uid.as_bytes());
     let secs = 946_684_800 + (h % 100_000_000) as u32;
     let nsecs = ((h >> 32) % 1_000_000_000) as u32;
     (secs, nsecs)

@@ -4,7 +4,7 @@
 use crate::params::OnDelete;
 use crate::path::{PathError, RelPath, compare_key, nests};
 
-use super::ARCHIVE_PREFIX;
+use super::{ARCHIVE_PREFIX, fnv1a};
 
 /// Another PV whose directory equals or lies inside the released one's.
 #[derive(Clone, Debug)]
@@ -109,12 +109,6 @@ pub fn archive_target(dir: &RelPath, pv_name: &str) -> Result<RelPath, PathError
         cut -= 1;
     }
     dir.with_leaf(&format!("{ARCHIVE_PREFIX}{}{tail}", &leaf[..cut]))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
