@@ -359,14 +359,21 @@ fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
     }
 }
 
-fn truncate(v: &mut String) {
-    if v.len() > MAX_KEPT_VALUE {
-        let mut cut = MAX_KEPT_VALUE;
-        while !v.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        v.truncate(cut);
+/// Cuts `s` to at most `max` bytes, at a character boundary; true if it cut.
+fn cut_to(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
     }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    true
+}
+
+fn truncate(v: &mut String) {
+    cut_to(v, MAX_KEPT_VALUE);
 }
 
 fn cached<K>(
@@ -513,11 +520,7 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
 fn cap_note(mut note: String) -> String {
     const MAX: usize = 1024;
     if note.len() > MAX {
-        let mut cut = MAX - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
+        cut_to(&mut note, MAX - 3);
         note.push_str("...");
     }
     note
