@@ -23,7 +23,9 @@
 #
 # Ports (127.0.0.1 only, all non-default so nothing clashes with a real
 # cluster on the machine): etcd 23790 (peer 23800), kube-apiserver 16443,
-# kube-controller-manager 16257 (health only).
+# kube-controller-manager 16257 (health only), each plus E2E_PORT_OFFSET.
+# The NFS server is one per machine (fixed ports, one rpcbind): a second
+# control plane shares it by setting NFS_E2E_DIR to the first one's E2E_DIR.
 # State in ${E2E_DIR:-/tmp/nfs3p-e2e}: k8s/ (etcd data, pki/, pid files),
 # kubeconfig (admin, group system:masters), logs/.
 set -euo pipefail
@@ -38,10 +40,14 @@ logs="$E2E_DIR/logs"
 kubeconfig="$E2E_DIR/kubeconfig"
 kcm_kubeconfig="$k8s/kube-controller-manager.kubeconfig"
 
-etcd_port=23790
-etcd_peer_port=23800
-apiserver_port=16443
-kcm_port=16257
+# E2E_PORT_OFFSET moves all four ports, so a second control plane (the
+# benchmark's, with its own E2E_DIR) can run beside the tests' one.
+off=${E2E_PORT_OFFSET:-0}
+[[ $off =~ ^[0-9]+$ ]] || die "E2E_PORT_OFFSET must be a number, not '$off'"
+etcd_port=$((23790 + off))
+etcd_peer_port=$((23800 + off))
+apiserver_port=$((16443 + off))
+kcm_port=$((16257 + off))
 apiserver_url="https://127.0.0.1:$apiserver_port"
 etcd_url="http://127.0.0.1:$etcd_port"
 
@@ -349,11 +355,14 @@ cmd_down() {
     stop_pid "$k8s/kube-apiserver.pid" kube-apiserver
     stop_pid "$k8s/etcd.pid" etcd
   fi
+  # A borrowed NFS server (NFS_E2E_DIR) belongs to the other control plane.
+  local own_nfs=true
+  [[ -n ${NFS_E2E_DIR:-} && ${NFS_E2E_DIR} != "$E2E_DIR" ]] && own_nfs=false
   if $purge; then
-    "$here/nfs.sh" down --purge
+    ! $own_nfs || "$here/nfs.sh" down --purge
     rm -rf "$k8s" "$kubeconfig"
     log "purged $k8s and $kubeconfig"
-  else
+  elif $own_nfs; then
     "$here/nfs.sh" down
   fi
 }

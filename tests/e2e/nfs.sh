@@ -28,8 +28,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$here/lib.sh"
 
-state="$E2E_DIR/nfs"
-logs="$E2E_DIR/logs"
+# NFS_E2E_DIR: share the NFS server of another E2E_DIR (see cluster.sh).
+nfs_dir=${NFS_E2E_DIR:-$E2E_DIR}
+state="$nfs_dir/nfs"
+logs="$nfs_dir/logs"
 export1="$state/export1"
 export2="$state/export2"
 export3="$state/export3"
