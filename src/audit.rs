@@ -41,9 +41,10 @@ use thiserror::Error;
 
 use crate::backend::{BackendConfig, BackendError, Kind, Removed, Share, Shares, Stat, Target};
 use crate::config::{AuditArgs, OutputFormat};
+use crate::error::BoxError;
 use crate::path::{PathError, RelPath, normalize_share};
 use crate::plan::{ANN_PROVISIONED_BY, ARCHIVE_PREFIX, Recorded};
-use crate::run::BoxError;
+use crate::units::human_age;
 
 /// Exit code when the audit itself failed (and clap's for a bad command line).
 pub const EXIT_ERROR: u8 = 2;
@@ -74,61 +75,6 @@ pub enum AuditError {
     Json(#[from] serde_json::Error),
     #[error("cannot write the report as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
-}
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DurationError {
-    #[error(
-        "{0:?} is not a duration: give a number and a unit s, m, h or d, such as 7d, 12h or 30m"
-    )]
-    Invalid(String),
-    #[error("{0:?} is too long a duration")]
-    Overflow(String),
-}
-
-/// Parses `30s`, `30m`, `12h` or `7d`. The unit is required, so a bare `7` is never
-/// taken for seven seconds.
-pub fn parse_age(raw: &str) -> Result<Duration, DurationError> {
-    let invalid = || DurationError::Invalid(raw.to_string());
-    let s = raw.trim();
-    let split = s.len().checked_sub(1).ok_or_else(invalid)?;
-    let (digits, unit) = (s.get(..split).ok_or_else(invalid)?, s.get(split..));
-    let per_unit: u64 = match unit {
-        Some("s") => 1,
-        Some("m") => 60,
-        Some("h") => 3600,
-        Some("d") => 86400,
-        _ => return Err(invalid()),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid());
-    }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| DurationError::Overflow(raw.to_string()))?;
-    n.checked_mul(per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| DurationError::Overflow(raw.to_string()))
-}
-
-/// `9d 3h`, `2h 5m`, `45s`: the two largest units, for people.
-pub fn human_age(seconds: u64) -> String {
-    let units = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")];
-    let mut parts = Vec::new();
-    let mut rest = seconds;
-    for (size, unit) in units {
-        if rest >= size || (parts.is_empty() && size == 1) {
-            parts.push(format!("{}{unit}", rest / size));
-            rest %= size;
-        } else if !parts.is_empty() {
-            // Keep the second unit adjacent to the first: `1d 0h`, never `1d 5m`.
-            parts.push(format!("0{unit}"));
-        }
-        if parts.len() == 2 {
-            break;
-        }
-    }
-    parts.join(" ")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1177,36 +1123,6 @@ mod tests {
             .iter()
             .map(|a| (a.path.as_str(), a.action.clone()))
             .collect()
-    }
-
-    #[test]
-    fn ages_parse_with_a_unit_and_nothing_else() {
-        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_age("45s"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_age(" 0d "), Ok(Duration::ZERO));
-        for bad in [
-            "", "7", "d", "7w", "-7d", "+7d", "7 d", "1.5d", "7dd", "७d", "7é",
-        ] {
-            assert!(
-                matches!(parse_age(bad), Err(DurationError::Invalid(_))),
-                "{bad:?}"
-            );
-        }
-        assert!(matches!(
-            parse_age("99999999999999999999d"),
-            Err(DurationError::Overflow(_))
-        ));
-        assert!(matches!(
-            parse_age("999999999999999999d"),
-            Err(DurationError::Overflow(_))
-        ));
-        assert_eq!(human_age(0), "0s");
-        assert_eq!(human_age(45), "45s");
-        assert_eq!(human_age(3600 + 5 * 60), "1h 5m");
-        assert_eq!(human_age(9 * 86400 + 3 * 3600 + 59), "9d 3h");
-        assert_eq!(human_age(86400 + 5 * 60), "1d 0h");
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use crate::backend::nfs3::Nfs3Share;
 use crate::backend::{BackendError, DirAttrs, Share, Target};
 use crate::config::CheckArgs;
+use crate::error::BoxError;
 use crate::path::{RelPath, normalize_share};
-use crate::run::BoxError;
+use crate::units::human_size;
 
 pub async fn check(args: CheckArgs) -> Result<ExitCode, BoxError> {
     let share = normalize_share(&args.share).map_err(|e| format!("share {:?}: {e}", args.share))?;
@@ -47,9 +48,9 @@ pub async fn probe<S: Share>(share: &S) -> bool {
     if let Ok(s) = space {
         println!(
             "        space: {} free of {} ({} available to this uid)",
-            human(s.free_bytes),
-            human(s.total_bytes),
-            human(s.avail_bytes)
+            human_size(s.free_bytes),
+            human_size(s.total_bytes),
+            human_size(s.avail_bytes)
         );
     }
     let listed = share.list(None).await;
@@ -114,15 +115,4 @@ pub async fn probe<S: Share>(share: &S) -> bool {
         }
     );
     ok
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", UNITS[i])
 }

@@ -158,7 +158,7 @@ pub struct AuditArgs {
     #[arg(long = "share", value_name = "PATH", requires = "servers")]
     pub shares: Vec<String>,
     /// List archives older than this (7d, 12h, 30m, 45s) as to prune.
-    #[arg(long, value_name = "AGE", value_parser = crate::audit::parse_age)]
+    #[arg(long, value_name = "AGE", value_parser = crate::units::parse_age)]
     pub prune_archives_older_than: Option<Duration>,
     /// Really remove the archives listed as to prune (the default is a dry run).
     #[arg(long, requires = "prune_archives_older_than")]

@@ -18,13 +18,13 @@ use tracing::{info, warn};
 use crate::backend::{BackendConfig, Share, Shares, Target};
 use crate::config::{BackendKind, RunArgs};
 use crate::controller::{self, Context};
-use crate::http::{self, Readiness, Role};
+use crate::error::BoxError;
+use crate::health::{Readiness, Role};
+use crate::http;
 use crate::leader::{ElectorThread, LeaseConfig, State};
 use crate::metrics;
 use crate::params::Defaults;
 use crate::path::normalize_share;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     // Listening on the signals from the start: a SIGTERM that comes while we connect

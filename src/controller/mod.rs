@@ -404,7 +404,7 @@ pub async fn run(
     client: Client,
     ctx_parts: impl FnOnce(Store<StorageClass>, Store<CachedVolume>) -> Context,
     concurrency: u16,
-    ready: Arc<crate::http::Readiness>,
+    ready: Arc<crate::health::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     // Classes and PVs are made by the cluster's admins: listed from the API server's
