@@ -43,7 +43,8 @@ use crate::backend::{BackendConfig, BackendError, Kind, Removed, Share, Shares, 
 use crate::config::{AuditArgs, OutputFormat};
 use crate::error::BoxError;
 use crate::path::{PathError, RelPath, normalize_share};
-use crate::plan::{ANN_PROVISIONED_BY, ARCHIVE_PREFIX, Recorded};
+use crate::plan::record::provisioned_by;
+use crate::plan::{ARCHIVE_PREFIX, Recorded};
 use crate::units::human_age;
 
 /// Exit code when the audit itself failed (and clap's for a bad command line).
@@ -588,17 +589,9 @@ fn ours_on<'a>(
     pvs: &'a [PersistentVolume],
 ) -> impl Iterator<Item = (&'a PersistentVolume, Recorded)> + 'a {
     pvs.iter()
-        .filter(move |pv| provisioned_by(pv) == Some(provisioner))
+        .filter(move |pv| provisioned_by(&pv.metadata) == Some(provisioner))
         .filter_map(|pv| Recorded::from_pv(pv).ok().map(|r| (pv, r)))
         .filter(move |(_, r)| r.server == target.server && r.share == target.share)
-}
-
-fn provisioned_by(pv: &PersistentVolume) -> Option<&str> {
-    pv.metadata
-        .annotations
-        .as_ref()?
-        .get(ANN_PROVISIONED_BY)
-        .map(String::as_str)
 }
 
 /// The pure audit of one share: `pvs` are all the cluster's PVs, `snapshot` what a scan
@@ -886,7 +879,7 @@ pub fn targets(
     let mut unreadable = Vec::new();
     for pv in pvs
         .iter()
-        .filter(|pv| provisioned_by(pv) == Some(provisioner))
+        .filter(|pv| provisioned_by(&pv.metadata) == Some(provisioner))
     {
         match Recorded::from_pv(pv) {
             Ok(r) => {
@@ -1004,7 +997,7 @@ pub async fn audit(args: AuditArgs) -> Result<ExitCode, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ANN_DIRECTORY, ANN_ON_DELETE, ANN_SERVER, ANN_SHARE};
+    use crate::plan::{ANN_DIRECTORY, ANN_ON_DELETE, ANN_PROVISIONED_BY, ANN_SERVER, ANN_SHARE};
     use k8s_openapi::api::core::v1::{
         NFSVolumeSource, ObjectReference, PersistentVolumeSpec, PersistentVolumeStatus,
     };

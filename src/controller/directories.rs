@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use kube::runtime::reflector::Store;
 
 use super::cached_volume::CachedVolume;
-use crate::plan::VolumePlan;
-use crate::plan::ownership::{self, Conflict, Occupant};
+use crate::plan::ProvisionPlan;
+use crate::plan::ownership::{Conflict, Occupant};
 
 /// A reservation whose PV never showed in the cache (created and deleted before the
 /// watch saw it) is dropped after this; the cache is normally milliseconds behind.
@@ -66,18 +66,14 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Being deleted, or released (or failed) with reclaim policy Delete: its directory is
-/// about to be dealt with. A volume released under policy Retain stays as it is until an
-/// admin acts, so it holds its directory like a live one.
+/// See [`crate::plan::releasing`].
 pub(crate) fn releasing(v: &CachedVolume) -> bool {
-    let phase = v.status.as_ref().and_then(|s| s.phase.as_deref());
-    let policy = v
-        .spec
-        .as_ref()
-        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-        .unwrap_or("Delete");
-    v.metadata.deletion_timestamp.is_some()
-        || (policy == "Delete" && matches!(phase, Some("Released" | "Failed")))
+    let spec = v.spec.as_ref();
+    crate::plan::releasing(
+        v.metadata.deletion_timestamp.is_some(),
+        v.status.as_ref().and_then(|s| s.phase.as_deref()),
+        spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()),
+    )
 }
 
 impl Directories {
@@ -96,11 +92,10 @@ impl Directories {
 
     pub fn reserve(
         &self,
-        volume: &VolumePlan,
-        namespace: &str,
-        pv_name: &str,
+        volume: &ProvisionPlan,
         volumes: &Store<CachedVolume>,
     ) -> Result<Reservation<'_>, Conflict> {
+        let (pv_name, namespace) = (volume.pv_name.as_str(), volume.namespace.as_str());
         let full = volume.full_path();
         let pvs = volumes.state();
         let mut reserved = self.lock();
@@ -124,15 +119,7 @@ impl Directories {
             .chain(pending)
             .filter(|o| o.name != pv_name)
             .collect::<Vec<_>>();
-        let p = &volume.params;
-        let shared_with = ownership::check(
-            &p.share,
-            &full,
-            namespace,
-            p.sharing,
-            p.case_insensitive,
-            others,
-        )?;
+        let shared_with = volume.check_ownership(others)?;
         reserved.insert(
             pv_name.to_string(),
             Reserved {

@@ -13,10 +13,9 @@ use tracing::{debug, info, instrument};
 
 use super::directories::Reservation;
 use super::{Context, Error, name_of, uid_of};
-use crate::backend::{DirAttrs, Made, Share, Target};
+use crate::backend::{Made, Share};
 use crate::metrics;
-use crate::params::Existing;
-use crate::plan::{self, ClaimDecision, ownership};
+use crate::plan::{self, ClaimDecision};
 
 /// Longest wait before a claim refused for another volume's directory looks again.
 const CONFLICT_RETRY: Duration = Duration::from_secs(30);
@@ -98,13 +97,9 @@ async fn provision(
             return Ok(Action::await_change());
         }
     };
-    let namespace = pvc.metadata.namespace.as_deref().unwrap_or_default();
     // Checked against every PV and every provisioning under way, and held until our PV is
     // in the cache: two claims rendering the same directory cannot both pass.
-    let reservation = match ctx
-        .directories
-        .reserve(&volume, namespace, &pv_name, &ctx.volumes)
-    {
+    let reservation = match ctx.directories.reserve(&volume, &ctx.volumes) {
         Ok(r) => r,
         Err(conflict) => {
             info!(pv = pv_name, %conflict, other = conflict.other(), "directory refused");
@@ -193,41 +188,19 @@ fn needs_fresh_copy(
 
 async fn create(
     pvc: &PersistentVolumeClaim,
-    volume: &plan::VolumePlan,
+    volume: &plan::ProvisionPlan,
     reservation: &Reservation<'_>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let p = &volume.params;
-    let target = Target {
-        server: p.server.clone(),
-        share: p.share.clone(),
-        port: p.port,
-        mount_port: p.mount_port,
-    };
-    let share = ctx.shares.get(&target)?;
-    let uid = uid_of(pvc);
-    let made = share
-        .create_dir(
-            &volume.directory,
-            DirAttrs {
-                mode: p.mode,
-                uid: p.uid,
-                gid: p.gid,
-                stamp: Some(ownership::stamp(&uid)),
-            },
-        )
-        .await?;
+    let share = ctx.shares.get(&volume.target)?;
+    let made = share.create_dir(&volume.directory, volume.attrs).await?;
     // A directory an earlier attempt for this claim made comes back as Created: it
     // carries the claim's stamp. Anything else that exists is someone else's.
     if let Made::Existed(st) = made {
-        let shared = !reservation.shared_with().is_empty();
-        debug!(shared, existing = ?p.existing, mtime = ?st.mtime, "directory exists");
-        if !shared && p.existing == Existing::Refuse {
-            return Err(Error::Existing(format!(
-                "directory {} already exists and no PersistentVolume records it (left by a retained or deleted volume, or made by someone else); it is not handed to a new claim unless the StorageClass sets existingDirectory: adopt",
-                volume.full_path()
-            )));
-        }
+        debug!(shared = !reservation.shared_with().is_empty(), existing = ?volume.existing, mtime = ?st.mtime, "directory exists");
+        volume
+            .on_existing(reservation.shared_with())
+            .map_err(|e| Error::Existing(e.to_string()))?;
     }
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api.create(&PostParams::default(), &volume.pv).await {

@@ -13,11 +13,10 @@ use tracing::{debug, info, instrument, warn};
 
 use super::cached_volume::CachedVolume;
 use super::{Context, Error, Reclaimed, directories, name_of, uid_of};
-use crate::backend::{Removed, Renamed, Share, Target};
+use crate::backend::{Removed, Renamed, Share};
 use crate::metrics;
-use crate::params::OnDelete;
-use crate::plan::release::{CoUser, SharedRelease, shared_release};
-use crate::plan::{self, FINALIZER, PvDecision, Recorded};
+use crate::plan::release::CoUser;
+use crate::plan::{self, FINALIZER, PvDecision, ReclaimPlan, ReclaimStep};
 
 #[instrument(skip_all, fields(pv = %name_of(cached.as_ref())))]
 pub async fn reconcile(cached: Arc<CachedVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -106,19 +105,35 @@ async fn claim_still_exists(pv: &PersistentVolume, ctx: &Context) -> Result<bool
 async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error> {
     let started = Instant::now();
     let _busy = metrics::in_flight("delete");
-    let pv_name = pv.metadata.name.clone().unwrap_or_default();
-    let rec = match Recorded::from_pv(pv) {
-        Ok(r) => r,
+    let pvs = ctx.volumes.state();
+    let others = || {
+        pvs.iter()
+            .filter_map(|v| {
+                Some(CoUser {
+                    name: v.metadata.name.as_deref()?,
+                    path: v.nfs_path()?,
+                    releasing: directories::releasing(v),
+                    // Only our own PVs' wishes count; others' data stays for their owner.
+                    on_delete: (plan::record::provisioned_by(&v.metadata)
+                        == Some(ctx.provisioner.as_str()))
+                    .then(|| plan::record::recorded_on_delete(&v.metadata))
+                    .flatten(),
+                })
+            })
+            .collect()
+    };
+    let plan = match plan::plan_reclaim(pv, others) {
+        Ok(p) => p,
         Err(e) => {
-            let msg = format!("refusing to reclaim: {e}; the data was left in place");
+            let msg = e.to_string();
             ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", msg.clone())
                 .await;
             metrics::deleted("refused", started.elapsed(), false);
             return Err(Error::Refused(msg));
         }
     };
-    let action = rec.on_delete.as_str();
-    let result = act(&pv_name, &rec, ctx).await;
+    let action = plan.on_delete.as_str();
+    let result = act(&plan, ctx).await;
     if let Err(Error::Waiting(why)) = &result {
         // Nothing failed: another volume of the same directory goes first.
         debug!(why, "waiting");
@@ -127,7 +142,7 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
     metrics::deleted(action, started.elapsed(), result.is_ok());
     match result {
         Ok(what) => {
-            info!(action, path = plan::join_share(&rec.share, &rec.directory), what, took = ?started.elapsed(), "reclaimed");
+            info!(action, path = plan.full_path(), what, took = ?started.elapsed(), "reclaimed");
             Ok(())
         }
         Err(e) => {
@@ -135,7 +150,7 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
                 pv,
                 EventType::Warning,
                 "VolumeFailedDelete",
-                format!("{action} of {}: {e}; {}", rec.directory, e.retry_note()),
+                format!("{action} of {}: {e}; {}", plan.directory, e.retry_note()),
             )
             .await;
             Err(e)
@@ -143,75 +158,35 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
     }
 }
 
-async fn act(pv_name: &str, rec: &Recorded, ctx: &Context) -> Result<&'static str, Error> {
-    if rec.on_delete == OnDelete::Retain {
-        return Ok("retained");
-    }
-    let full = plan::join_share(&rec.share, &rec.directory);
-    let pvs = ctx.volumes.state();
-    let others = pvs.iter().filter_map(|v| {
-        let name = v.metadata.name.as_deref()?;
-        let ours = v
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(plan::ANN_PROVISIONED_BY))
-            .is_some_and(|p| *p == ctx.provisioner);
-        Some(CoUser {
-            name,
-            path: v.nfs_path()?,
-            releasing: directories::releasing(v),
-            on_delete: ours
-                .then(|| {
-                    v.metadata
-                        .annotations
-                        .as_ref()?
-                        .get(plan::ANN_ON_DELETE)?
-                        .parse()
-                        .ok()
-                })
-                .flatten(),
-        })
-    });
-    let on_delete = match shared_release(pv_name, &full, rec.on_delete, others) {
-        SharedRelease::Act(o) => o,
-        SharedRelease::LeaveToLive(users) => {
-            // Retried with backoff: the last of the users to be released reclaims it.
-            return Err(Error::InUse(format!(
-                "directory {full} is also used by PersistentVolume(s) {}; leaving it in place until they are released",
-                users.join(", ")
-            )));
+async fn act(plan: &ReclaimPlan, ctx: &Context) -> Result<&'static str, Error> {
+    let full = plan.full_path();
+    match &plan.step {
+        ReclaimStep::Retain => Ok("retained"),
+        // Retried with backoff: the last of the users to be released reclaims it.
+        ReclaimStep::LeaveToLive(users) => Err(Error::InUse(format!(
+            "directory {full} is also used by PersistentVolume(s) {}; leaving it in place until they are released",
+            users.join(", ")
+        ))),
+        ReclaimStep::WaitFor(first) => Err(Error::Waiting(format!(
+            "directory {full} is shared with released volume(s) {} that are reclaimed first",
+            first.join(", ")
+        ))),
+        ReclaimStep::Delete => {
+            let share = ctx.shares.get(&plan.target)?;
+            Ok(match share.remove_tree(&plan.directory).await? {
+                Removed::Removed { .. } => "deleted",
+                Removed::AlreadyGone => "already gone",
+            })
         }
-        SharedRelease::WaitFor(first) => {
-            return Err(Error::Waiting(format!(
-                "directory {full} is shared with released volume(s) {} that are reclaimed first",
-                first.join(", ")
-            )));
-        }
-    };
-    let target = Target {
-        server: rec.server.clone(),
-        share: rec.share.clone(),
-        port: rec.port,
-        mount_port: rec.mount_port,
-    };
-    let share = ctx.shares.get(&target)?;
-    Ok(match on_delete {
-        OnDelete::Delete => match share.remove_tree(&rec.directory).await? {
-            Removed::Removed { .. } => "deleted",
-            Removed::AlreadyGone => "already gone",
-        },
-        OnDelete::Archive => {
-            let to = plan::archive_target(&rec.directory, pv_name)
-                .map_err(|e| Error::Refused(format!("cannot name the archive: {e}")))?;
-            match share.rename(&rec.directory, &to).await? {
+        ReclaimStep::Archive { to } => {
+            let share = ctx.shares.get(&plan.target)?;
+            Ok(match share.rename(&plan.directory, to).await? {
                 Renamed::Done => "archived",
                 Renamed::AlreadyDone => "already archived",
                 Renamed::SourceMissing => "nothing to archive",
-            }
+            })
         }
-        OnDelete::Retain => "retained",
-    })
+    }
 }
 
 /// Removes our finalizer only. A strategic-merge delete of that one list item cannot
