@@ -179,7 +179,7 @@ fn needs_fresh_copy(
         .metadata
         .annotations
         .as_ref()
-        .is_some_and(|a| a.contains_key(super::ANN_STRIPPED));
+        .is_some_and(|a| a.contains_key(super::cache::ANN_STRIPPED));
     let params = class.parameters.as_ref();
     let template = params.and_then(|p| p.get("pathPattern"));
     stripped
