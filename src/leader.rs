@@ -267,8 +267,24 @@ impl Elector {
         }
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
+        // Someone wrote it since we read it (only one task of ours writes): they hold
+        // it now, or will be seen to at the next read.
+        if !self.replace(&existing.metadata, spec).await? {
+            return Ok(Attempt::Raced);
+        }
+        if !ours {
+            info!(lease = self.config.name, previous = ?holder, "took the Lease");
+        } else {
+            debug!(lease = self.config.name, "renewed the Lease");
+        }
+        Ok(Attempt::Held)
+    }
+
+    /// Writes `spec` over the Lease as it was read (`read`, whose resourceVersion makes
+    /// the write conditional). False when it changed since: a conflict, not an error.
+    async fn replace(&self, read: &ObjectMeta, spec: LeaseSpec) -> Result<bool, LeaderError> {
         let update = Lease {
-            metadata: existing.metadata.clone(),
+            metadata: read.clone(),
             spec: Some(spec),
         };
         match self
@@ -276,17 +292,8 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &update)
             .await
         {
-            Ok(_) => {
-                if !ours {
-                    info!(lease = self.config.name, previous = ?holder, "took the Lease");
-                } else {
-                    debug!(lease = self.config.name, "renewed the Lease");
-                }
-                Ok(Attempt::Held)
-            }
-            // Someone wrote it since we read it (only one task of ours writes): they
-            // hold it now, or will be seen to at the next read.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(self.api_error(e)),
         }
     }
@@ -305,20 +312,8 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
-        let update = Lease {
-            metadata: existing.metadata.clone(),
-            spec: Some(spec),
-        };
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &update)
-            .await
-        {
-            Ok(_) => Ok(true),
-            // Changed since we read it: it is not ours to release any more.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(self.api_error(e)),
-        }
+        // Changed since we read it: it is not ours to release any more.
+        self.replace(&existing.metadata, spec).await
     }
 }
 

@@ -10,6 +10,10 @@
 //! Slots: every session holds one of `max_connections`; a reclaim session also holds one
 //! of `max_connections - reserved`, so reclaims together never take the slots kept for
 //! provisioning and the other short operations. Every wait for a slot has a deadline.
+//!
+//! About 500 lines, kept whole: the pool, the slots and the `rpc!` macro share one
+//! invariant (a connection goes back only after a whole reply), which reads best in one
+//! place.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
