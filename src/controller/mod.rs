@@ -558,6 +558,10 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 mod tests {
     use super::*;
 
+    // The reconcilers against a scripted API server, in src/controller/tests/.
+    mod harness;
+    mod provisioning;
+
     #[test]
     fn event_notes_fit_in_1024_bytes_whatever_the_characters() {
         for s in [
