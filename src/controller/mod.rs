@@ -561,6 +561,7 @@ mod tests {
     // The reconcilers against a scripted API server, in src/controller/tests/.
     mod harness;
     mod provisioning;
+    mod reclaiming;
 
     #[test]
     fn event_notes_fit_in_1024_bytes_whatever_the_characters() {

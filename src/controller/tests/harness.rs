@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::backend::{BackendConfig, Shares};
 pub(crate) use crate::controller::ANN_STRIPPED;
 use crate::controller::cached_volume::CachedVolume;
-use crate::controller::{Context, Error, error_policy, provision};
+use crate::controller::{Context, Error, error_policy, provision, reclaim};
 use crate::params::Defaults;
 pub use crate::plan::{
     ANN_DIRECTORY, ANN_ON_DELETE, ANN_PROVISIONED_BY, ANN_SERVER, ANN_SHARE,
@@ -50,6 +50,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Call {
     pub method: String,
     pub path: String,
+    pub content_type: String,
     pub body: Value,
     /// The directories on the share when the request arrived, so a test can tell what
     /// was done to the share before and after each API write.
@@ -137,9 +138,15 @@ impl ApiServer {
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let method = parts.method.to_string();
                 let path = parts.uri.path().to_string();
+                let content_type = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
                 let reply = {
                     let mut log = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    answer(&mut log, method, path, body, &share)
+                    answer(&mut log, method, path, content_type, body, &share)
                 };
                 let bytes = serde_json::to_vec(&reply.body).unwrap_or_default();
                 let response = Response::builder()
@@ -158,7 +165,14 @@ impl ApiServer {
     }
 }
 
-fn answer(log: &mut Log, method: String, path: String, body: Value, share: &Path) -> Reply {
+fn answer(
+    log: &mut Log,
+    method: String,
+    path: String,
+    content_type: String,
+    body: Value,
+    share: &Path,
+) -> Reply {
     if path.starts_with("/apis/events.k8s.io/v1/") {
         let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
         let r = &body["regarding"];
@@ -197,6 +211,7 @@ fn answer(log: &mut Log, method: String, path: String, body: Value, share: &Path
     log.calls.push(Call {
         method,
         path,
+        content_type,
         body: body.clone(),
         share_then: tree(share),
     });
@@ -284,6 +299,11 @@ impl Harness {
         self.dir.path().join("share")
     }
 
+    /// Beside the share, out of its reach: what a path escaping the share would hit.
+    pub fn outside(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
     pub fn dirs(&self) -> Vec<String> {
         tree(&self.share())
     }
@@ -319,6 +339,12 @@ impl Harness {
     /// The claim controller's reconcile of one claim.
     pub async fn provision(&self, claim: &PersistentVolumeClaim) -> Result<Action, Error> {
         let run = provision::reconcile(Arc::new(claim.clone()), self.ctx.clone());
+        self.finish(run).await
+    }
+
+    /// The volume controller's reconcile of one PV (as its cache holds it).
+    pub async fn reclaim(&self, pv: &PersistentVolume) -> Result<Action, Error> {
+        let run = reclaim::reconcile(Arc::new(cached(pv)), self.ctx.clone());
         self.finish(run).await
     }
 
@@ -472,6 +498,13 @@ pub fn released_pv(directory: &str, on_delete: &str) -> PersistentVolume {
         "status": { "phase": "Released" },
     }))
     .expect("a valid PV")
+}
+
+/// `pv` as the API server returns it once deleted: still there, held by finalizers.
+pub fn deleting(pv: &PersistentVolume) -> Value {
+    let mut v = serde_json::to_value(pv).expect("a PV serializes");
+    v["metadata"]["deletionTimestamp"] = json!("2026-11-30T21:00:00Z");
+    v
 }
 
 /// Someone else's PV (another claim, namespace `namespace`) whose NFS path is `path`.
