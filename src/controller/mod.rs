@@ -196,3 +196,13 @@ pub(crate) fn name_of<K: Resource>(obj: &K) -> String {
 pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
     obj.uid().unwrap_or_default()
 }
+
+// The reconcilers against a scripted API server, in src/controller/tests/.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod harness;
+    mod provisioning;
+    mod reclaiming;
+}
