@@ -88,6 +88,17 @@ mod tests {
             assert!(n.ends_with("..."));
         }
         assert_eq!(cap_note("short".into()), "short");
+        // The API server counts bytes (Go's len): 512 two-byte characters (1024 bytes)
+        // are accepted as they are, 513 (1026 bytes, 513 characters) are refused. So a
+        // note of 513 such characters must be cut, and one of 512 must not.
+        let at_limit = "\u{e9}".repeat(512);
+        assert_eq!(cap_note(at_limit.clone()), at_limit);
+        let over = cap_note("\u{e9}".repeat(513));
+        assert!(
+            over.len() <= 1024 && over.ends_with("..."),
+            "{}",
+            over.len()
+        );
     }
 
     #[test]

@@ -93,3 +93,12 @@ pub fn pv(phase: &str, policy: &str, deleting: bool, finalizer: bool) -> Persist
     }
     pv
 }
+
+/// `pv` with annotation `key` set to `value`: a PV edited by hand.
+pub fn with_annotation(mut pv: PersistentVolume, key: &str, value: &str) -> PersistentVolume {
+    pv.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+    pv
+}

@@ -155,7 +155,7 @@ pub fn plan_reclaim<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::fixtures::{PROV, claim, class, defaults, pv};
+    use crate::plan::fixtures::{PROV, claim, class, defaults, pv, with_annotation};
     use crate::plan::{ANN_DIRECTORY, ANN_PROVISIONED_BY, plan_volume};
 
     #[test]
@@ -210,13 +210,11 @@ mod tests {
                 "{phase} {policy} {deleting} {fin}"
             );
         }
-        let mut foreign = pv("Released", "Delete", false, true);
-        foreign
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(ANN_PROVISIONED_BY.into(), "other".into());
+        let foreign = with_annotation(
+            pv("Released", "Delete", false, true),
+            ANN_PROVISIONED_BY,
+            "other",
+        );
         assert_eq!(decide_pv(&foreign, PROV), Skip("not provisioned by us"));
     }
 
@@ -289,13 +287,7 @@ mod tests {
 
     #[test]
     fn a_bad_record_or_archive_name_is_refused() {
-        let mut tampered = released("delete");
-        tampered
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(ANN_DIRECTORY.into(), "../x".into());
+        let tampered = with_annotation(released("delete"), ANN_DIRECTORY, "../x");
         let err = plan_reclaim(&tampered, Vec::new).unwrap_err();
         assert!(
             matches!(err, ReclaimRefusal::Record(RecordError::Path(_))),

@@ -172,7 +172,7 @@ impl Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::fixtures::{PROV, claim, class, defaults};
+    use crate::plan::fixtures::{PROV, claim, class, defaults, with_annotation};
     use crate::plan::plan_volume;
 
     #[test]
@@ -210,13 +210,7 @@ mod tests {
             Recorded::from_pv(&edited),
             Err(RecordError::Mismatch { .. })
         ));
-        let mut tampered = plan.pv.clone();
-        tampered
-            .metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert(ANN_DIRECTORY.into(), "../x".into());
+        let tampered = with_annotation(plan.pv.clone(), ANN_DIRECTORY, "../x");
         assert!(matches!(
             Recorded::from_pv(&tampered),
             Err(RecordError::Path(_))
