@@ -326,7 +326,11 @@ where
             Ok(rt) => rt,
             Err(e) => return eprintln!("fixture cleanup: no runtime: {e}"),
         };
-        if rt.block_on(tokio::time::timeout(CLEANUP, f())).is_err() {
+        // The deadline's timer needs the runtime: made inside `block_on`, not before.
+        if rt
+            .block_on(async { tokio::time::timeout(CLEANUP, f()).await })
+            .is_err()
+        {
             eprintln!("fixture cleanup: gave up after {CLEANUP:?}; the next sweep finishes it");
         }
     });

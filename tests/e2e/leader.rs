@@ -244,7 +244,17 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     let class = fx.class("c", delete_on(&export1())).await;
     fx.claim(&ns, "before", &class, json!({})).await;
     all_bound(&client, &ns, 1, Duration::from_secs(60), &a).await;
-    let a_provisioned = a.metric(PROVISIONED).unwrap_or(0.0);
+    // Bound is the binder's doing: the provisioner counts its success just after the PV
+    // is made, so wait for the count rather than read it at once.
+    let a_provisioned = wait_for(
+        "replica-a to count its volume",
+        Duration::from_secs(30),
+        || {
+            let v = a.metric(PROVISIONED).filter(|v| *v >= 1.0);
+            async move { v }
+        },
+    )
+    .await;
 
     relay.cut();
     let cut = Instant::now();
