@@ -154,48 +154,94 @@ pub fn render() -> String {
 mod tests {
     use super::*;
 
-    /// The value of the series `series` (name and labels) in `text`.
-    fn value(text: &str, series: &str) -> Option<f64> {
+    /// The value of the sample `series` (name and labels, exactly) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .find_map(|v| v.trim().parse().ok())
     }
 
-    // The registry is the process's own, and the reconciler tests of the same test
-    // binary update it concurrently: only lower bounds hold.
+    /// Names, labels and types as scrapers see them, on a registry of its own: exact
+    /// counts hold here whatever other tests record in the process-wide one.
     #[test]
-    fn renders_prometheus_text() {
-        nfs_call("MKDIR", Duration::from_millis(3), true);
-        provisioned(Duration::from_millis(40), true);
-        deleted("delete", Duration::from_millis(40), false);
-        let at_least = |text: &str, series: &str, min: f64| {
-            let v = value(text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
-            assert!(v >= min, "{series} {v} < {min}");
-        };
-        {
-            let _g = in_flight("provision");
-            at_least(
-                &render(),
-                "nfs3_provisioner_in_flight{kind=\"provision\"}",
+    fn a_fresh_registry_renders_each_metric_with_its_labels() {
+        let m = Metrics::new();
+        m.provisions
+            .get_or_create(&vec![("result", "success")])
+            .inc();
+        m.deletions
+            .get_or_create(&vec![("result", "error"), ("action", "delete")])
+            .inc();
+        m.nfs_seconds
+            .get_or_create(&vec![("op", "MKDIR"), ("result", "success")])
+            .observe(0.003);
+        m.in_flight
+            .get_or_create(&vec![("kind", "provision")])
+            .inc();
+        let mut text = String::new();
+        encode(&mut text, &m.registry).expect("encode");
+        for (series, value) in [
+            ("nfs3_provisioner_provision_total{result=\"success\"}", 1.0),
+            (
+                "nfs3_provisioner_delete_total{result=\"error\",action=\"delete\"}",
                 1.0,
-            );
+            ),
+            (
+                "nfs3_provisioner_nfs_call_duration_seconds_count{op=\"MKDIR\",result=\"success\"}",
+                1.0,
+            ),
+            (
+                "nfs3_provisioner_nfs_call_duration_seconds_bucket{le=\"0.004\",op=\"MKDIR\",result=\"success\"}",
+                1.0,
+            ),
+            ("nfs3_provisioner_provision_duration_seconds_count", 0.0),
+            ("nfs3_provisioner_in_flight{kind=\"provision\"}", 1.0),
+            ("nfs3_provisioner_leader", 0.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+        }
+    }
+
+    /// The recording functions reach the process-wide registry that `/metrics` serves.
+    /// Other tests record there too, at the same time: series with labels no one else
+    /// uses are counted exactly, the shared `provision` series by its increase.
+    #[test]
+    fn recording_functions_show_in_the_rendered_text() {
+        let success = "nfs3_provisioner_provision_total{result=\"success\"}";
+        let before = sample(&render(), success).unwrap_or(0.0);
+        nfs_call("RENDER-TEST", Duration::from_millis(3), true);
+        provisioned(Duration::from_millis(40), true);
+        deleted("render-test", Duration::from_millis(40), false);
+        let busy = "nfs3_provisioner_in_flight{kind=\"render-test\"}";
+        {
+            let _g = in_flight("render-test");
+            assert_eq!(sample(&render(), busy), Some(1.0));
         }
         let text = render();
-        at_least(
-            &text,
-            "nfs3_provisioner_provision_total{result=\"success\"}",
-            1.0,
+        assert_eq!(sample(&text, busy), Some(0.0), "{text}");
+        assert!(
+            sample(&text, success).unwrap_or(0.0) >= before + 1.0,
+            "{text}"
         );
-        at_least(
-            &text,
-            "nfs3_provisioner_delete_total{result=\"error\",action=\"delete\"}",
-            1.0,
+        assert_eq!(
+            sample(
+                &text,
+                "nfs3_provisioner_delete_total{result=\"error\",action=\"render-test\"}"
+            ),
+            Some(1.0),
+            "{text}"
         );
-        at_least(
-            &text,
-            "nfs3_provisioner_nfs_call_duration_seconds_count{op=\"MKDIR\",result=\"success\"}",
-            1.0,
+        assert_eq!(
+            sample(
+                &text,
+                "nfs3_provisioner_nfs_call_duration_seconds_count{op=\"RENDER-TEST\",result=\"success\"}"
+            ),
+            Some(1.0),
+            "{text}"
         );
-        at_least(&text, "nfs3_provisioner_in_flight{kind=\"provision\"}", 0.0);
-        assert_eq!(value(&text, "nfs3_provisioner_leader"), Some(0.0), "{text}");
+        assert!(
+            text.contains("# TYPE nfs3_provisioner_leader gauge"),
+            "{text}"
+        );
     }
 }

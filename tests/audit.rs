@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::conformance::RWX;
 use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
     PersistentVolumeStatus,
@@ -16,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use nfs3_provisioner::audit::{self, ArchiveAction, Orphan, Policy, ShareReport};
 use nfs3_provisioner::backend::nfs3::{Nfs3Options, Nfs3Share};
-use nfs3_provisioner::backend::{DirAttrs, Share, Target};
+use nfs3_provisioner::backend::{Share, Target};
 use nfs3_provisioner::config::DEFAULT_PROVISIONER;
 use nfs3_provisioner::path::RelPath;
 use nfs3_provisioner::plan::{
@@ -137,7 +138,8 @@ fn orphan(path: String, kind: &'static str, empty: Option<bool>) -> Orphan {
 #[tokio::test]
 async fn audit_reports_and_prunes_on_a_real_share() {
     let env = common::nfs();
-    let base = common::unique("audit");
+    let scratch = common::scratch(&env.export1, "audit");
+    let base = scratch.name.clone();
     let id = &base["audit-".len()..];
     let disk = env.export1.join(&base);
     let at = |p: &str| disk.join(p);
@@ -172,15 +174,7 @@ async fn audit_reports_and_prunes_on_a_real_share() {
     // A volume directory made over NFS, as provisioning does.
     let share = Nfs3Share::new(target(), Nfs3Options::default());
     share
-        .create_dir(
-            &RelPath::parse(&b("live")).unwrap(),
-            DirAttrs {
-                mode: 0o777,
-                uid: None,
-                gid: None,
-                stamp: None,
-            },
-        )
+        .create_dir(&RelPath::parse(&b("live")).unwrap(), RWX)
         .await
         .unwrap();
 

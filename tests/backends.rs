@@ -7,9 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::conformance;
+use common::conformance::RWX;
 use nfs3_provisioner::backend::mounted::MountedShare;
 use nfs3_provisioner::backend::nfs3::{Nfs3Options, Nfs3Share};
-use nfs3_provisioner::backend::{BackendError, DirAttrs, Share, Target};
+use nfs3_provisioner::backend::{BackendError, Share, Target};
 use nfs3_provisioner::path::RelPath;
 
 fn nfs_share(share: &str, opts: Nfs3Options) -> Nfs3Share {
@@ -40,7 +41,8 @@ async fn mounted_backend_conformance() {
 #[tokio::test]
 async fn nfs3_backend_conformance() {
     let share = export1();
-    let base = common::unique("backend");
+    let scratch = common::scratch(&common::nfs().export1, "backend");
+    let base = scratch.name.clone();
     conformance::create_is_idempotent_and_applies_attrs(&share, &base).await;
     conformance::remove_and_rename_are_idempotent(&share, &base).await;
     conformance::space_is_reported(&share).await;
@@ -52,20 +54,45 @@ async fn nfs3_backend_conformance() {
     assert!(!common::nfs().export1.join(&base).exists());
 }
 
-#[tokio::test]
-async fn nfs3_hostnames_are_resolved() {
-    let env = common::nfs();
+fn on_host(server: &str, share: &str) -> Nfs3Share {
     let target = Target {
-        server: "localhost".into(),
-        share: env.export1.to_str().unwrap().into(),
+        server: server.into(),
+        share: share.into(),
         port: None,
         mount_port: None,
     };
-    let share = Nfs3Share::new(target, Nfs3Options::default());
-    share
+    Nfs3Share::new(target, Nfs3Options::default())
+}
+
+/// A host name reaches the same export as the address it resolves to: what is made
+/// through one is seen through the other (and on disk); a name that does not resolve is
+/// a `Resolve` error, not a connection to somewhere else.
+#[tokio::test]
+async fn nfs3_hostnames_are_resolved() {
+    let env = common::nfs();
+    let export = env.export1.to_str().unwrap();
+    assert_eq!(
+        env.server, "127.0.0.1",
+        "the test server listens on loopback"
+    );
+    let (by_name, by_ip) = (on_host("localhost", export), on_host(&env.server, export));
+    let scratch = common::scratch(&env.export1, "resolve");
+    let at = |p: &str| RelPath::parse(&format!("{}/{p}", scratch.name)).unwrap();
+    by_name.create_dir(&at("by-name"), RWX).await.unwrap();
+    assert!(scratch.path.join("by-name").is_dir(), "made on the export");
+    assert!(by_ip.stat(&at("by-name")).await.unwrap().is_some());
+    by_ip.create_dir(&at("by-ip"), RWX).await.unwrap();
+    let top = RelPath::parse(&scratch.name).unwrap();
+    let mut seen = by_name.list(Some(&top)).await.unwrap();
+    seen.sort();
+    assert_eq!(seen, ["by-ip", "by-name"]);
+
+    let err = on_host("no-such-host.invalid", "/x")
         .space()
         .await
-        .expect("localhost resolves to the loopback server");
+        .unwrap_err();
+    assert!(matches!(err, BackendError::Resolve { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
 }
 
 #[tokio::test]
@@ -86,18 +113,6 @@ async fn nfs3_errors_say_what_is_wrong() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("running"), "{err}");
-
-    let target = Target {
-        server: "no-such-host.invalid".into(),
-        share: "/x".into(),
-        port: None,
-        mount_port: None,
-    };
-    let err = Nfs3Share::new(target, Nfs3Options::default())
-        .space()
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BackendError::Resolve { .. }), "{err:?}");
 }
 
 /// Many callers at once share a bounded pool; every call completes and nothing leaks.
@@ -110,26 +125,17 @@ async fn nfs3_concurrent_creates_and_removes() {
             ..Default::default()
         },
     ));
-    let base = common::unique("concurrent");
+    let scratch = common::scratch(&common::nfs().export1, "concurrent");
+    let base = scratch.name.clone();
     let mut tasks = Vec::new();
     for i in 0..64 {
         let (share, dir) = (
             share.clone(),
             RelPath::parse(&format!("{base}/ns/d{i}")).unwrap(),
         );
-        tasks.push(tokio::spawn(async move {
-            share
-                .create_dir(
-                    &dir,
-                    DirAttrs {
-                        mode: 0o777,
-                        uid: None,
-                        gid: None,
-                        stamp: None,
-                    },
-                )
-                .await
-        }));
+        tasks.push(tokio::spawn(
+            async move { share.create_dir(&dir, RWX).await },
+        ));
     }
     for t in tasks {
         t.await.unwrap().unwrap();

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
-use k8s_openapi::api::core::v1::PersistentVolume;
+use common::fixture::Fixture;
 use serde_json::json;
 
 /// The engine and image names `image/image.sh env` reports, so the tests use the
@@ -168,34 +168,6 @@ fn kubeconfig_for_65532(dir: &Path) -> PathBuf {
     file
 }
 
-/// Polls `f` every 250 ms until it gives `Some`; on timeout fails with `what` and `diag`.
-async fn until<T, F, Fut>(what: &str, limit: Duration, diag: impl Fn() -> String, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}\n{}",
-            diag()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn metric(port: u16, line_prefix: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics", Duration::from_secs(5))?;
-    body.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 fn ready(port: u16) -> bool {
     matches!(
         http_get(port, "/readyz", Duration::from_secs(5)),
@@ -220,14 +192,6 @@ fn root_mount_options(pid: u32) -> String {
         .find(|f| f.len() > 5 && f[4] == "/")
         .map(|f| f[5].to_string())
         .expect("a root mount")
-}
-
-fn provisioner_name(label: &str) -> String {
-    format!("{}.image.nfs3-provisioner.io/nfs", common::unique(label))
-}
-
-fn on_disk(pv: &PersistentVolume) -> PathBuf {
-    PathBuf::from(nfs_path(pv))
 }
 
 #[test]
@@ -385,9 +349,9 @@ fn the_static_elf_check_tells_a_dynamic_binary_apart() {
 #[ignore = "needs a container engine, root and the images: make test-image"]
 async fn image_provisions_and_reclaims_confined_with_the_service_account_token() {
     let nfs = common::nfs();
-    let client = admin().await;
+    let fx = Fixture::new("image").await;
+    let (client, name) = (fx.client.clone(), fx.provisioner.clone());
     let e = engine();
-    let name = provisioner_name("image");
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = kubeconfig_for_65532(dir.path());
@@ -425,7 +389,7 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
     ]);
     let started = Instant::now();
     let c = Container::start(&args);
-    until(
+    wait_explained(
         "/readyz 200 from the container",
         Duration::from_secs(60),
         || c.logs(),
@@ -451,24 +415,22 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
         "root mounted {opts}, not read-only"
     );
 
-    let ns = namespace(&client, "image").await;
-    let (deleting, archiving) = (format!("{ns}-delete"), format!("{ns}-archive"));
-    create_class(&client, &deleting, &name, json!({"onDelete": "delete"})).await;
-    create_class(
-        &client,
-        &archiving,
-        &name,
-        json!({"server": nfs.server, "share": export2, "onDelete": "archive"}),
-    )
-    .await;
+    let ns = fx.namespace().await;
+    let deleting = fx.class("delete", json!({"onDelete": "delete"})).await;
+    let archiving = fx
+        .class(
+            "archive",
+            json!({"server": nfs.server, "share": export2, "onDelete": "archive"}),
+        )
+        .await;
     for (claim, class) in [
         ("one", &deleting),
         ("two", &deleting),
         ("three", &archiving),
     ] {
-        create_claim(&client, &ns, claim, class, json!({})).await;
+        fx.claim(&ns, claim, class, json!({})).await;
     }
-    let volumes = until(
+    let volumes = wait_explained(
         "3 claims bound",
         Duration::from_secs(90),
         || c.logs(),
@@ -495,12 +457,12 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
     }
     assert_eq!((deleted.len(), archived.len()), (2, 1));
     assert_eq!(
-        metric(port, "nfs3_provisioner_provision_total{result=\"success\"}"),
+        metric_at(port, "nfs3_provisioner_provision_total{result=\"success\"}"),
         Some(3.0)
     );
 
     delete_claims(&client, &ns).await;
-    until(
+    wait_explained(
         "the volumes reclaimed",
         Duration::from_secs(90),
         || c.logs(),
@@ -516,15 +478,9 @@ async fn image_provisions_and_reclaims_confined_with_the_service_account_token()
     for (action, n) in [("delete", 2.0), ("archive", 1.0)] {
         let line =
             format!("nfs3_provisioner_delete_total{{result=\"success\",action=\"{action}\"}}");
-        assert_eq!(metric(port, &line), Some(n), "{line}");
+        assert_eq!(metric_at(port, &line), Some(n), "{line}");
     }
     assert!(ready(port), "still ready after the work");
-    for a in &archived {
-        let _ = std::fs::remove_dir_all(a);
-    }
-    delete_class(&client, &deleting).await;
-    delete_class(&client, &archiving).await;
-    delete_namespace(&client, &ns).await;
 }
 
 #[test]
@@ -617,13 +573,13 @@ fn port_open(port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a container engine, root and the images: make test-image"]
 async fn compose_serves_the_local_cluster_and_comes_down() {
-    let client = admin().await;
+    let fx = Fixture::new("compose").await;
+    let (client, name) = (fx.client.clone(), fx.provisioner.clone());
     let e = engine();
     let dir = tempfile::tempdir().expect("tempdir");
     // Owned by 65532 and 0400: the compose provisioner (root without
     // CAP_DAC_OVERRIDE, with CAP_DAC_READ_SEARCH) reads it as it would a user's file.
     let kubeconfig = kubeconfig_for_65532(dir.path());
-    let name = provisioner_name("compose");
     let mut ports = Vec::new();
     while ports.len() < 3 {
         let p = free_port();
@@ -661,7 +617,7 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
         String::from_utf8_lossy(&up.stdout),
         String::from_utf8_lossy(&up.stderr)
     );
-    until(
+    wait_explained(
         "the compose provisioner ready and the NFS ports open",
         Duration::from_secs(120),
         logs,
@@ -672,25 +628,23 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
     .await;
     eprintln!("compose up to ready: {} ms", started.elapsed().as_millis());
 
-    let ns = namespace(&client, "compose").await;
-    let class = format!("{ns}-compose");
+    let ns = fx.namespace().await;
     let shipped = shipped_compose_class();
-    create_class_with(
-        &client,
-        &class,
-        &name,
-        json!({
-            "server": shipped["parameters"]["server"],
-            "share": shipped["parameters"]["share"],
-            "onDelete": shipped["parameters"]["onDelete"],
-            "port": nfs_port.to_string(),
-            "mountPort": mount_port.to_string(),
-        }),
-        json!({"reclaimPolicy": shipped["reclaimPolicy"]}),
-    )
-    .await;
-    create_claim(&client, &ns, "data", &class, json!({})).await;
-    let pv = until(
+    let class = fx
+        .class_with(
+            "compose",
+            json!({
+                "server": shipped["parameters"]["server"],
+                "share": shipped["parameters"]["share"],
+                "onDelete": shipped["parameters"]["onDelete"],
+                "port": nfs_port.to_string(),
+                "mountPort": mount_port.to_string(),
+            }),
+            json!({"reclaimPolicy": shipped["reclaimPolicy"]}),
+        )
+        .await;
+    fx.claim(&ns, "data", &class, json!({})).await;
+    let pv = wait_explained(
         "the claim bound by the compose provisioner",
         Duration::from_secs(120),
         logs,
@@ -715,7 +669,7 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
     let on_disk = Path::new(mountpoint.trim()).join(sub);
     assert!(on_disk.is_dir(), "no directory {on_disk:?}");
     assert_eq!(
-        metric(
+        metric_at(
             http_port,
             "nfs3_provisioner_provision_total{result=\"success\"}"
         ),
@@ -723,7 +677,7 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
     );
 
     delete_claims(&client, &ns).await;
-    until(
+    wait_explained(
         "the volume reclaimed",
         Duration::from_secs(90),
         logs,
@@ -731,8 +685,6 @@ async fn compose_serves_the_local_cluster_and_comes_down() {
     )
     .await;
     assert!(!on_disk.exists(), "{on_disk:?} was not deleted");
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
 
     let down = compose(&project.name, &project.vars, &["down", "-v"]);
     assert!(

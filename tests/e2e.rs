@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::fixture::{Fixture, scene};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::RwLock;
@@ -47,27 +48,10 @@ async fn the_lease(client: &kube::Client) -> tokio::sync::MutexGuard<'static, ()
     guard
 }
 
-fn provisioner_name(label: &str) -> String {
-    format!("{}.e2e.nfs3-provisioner.io/nfs", common::unique(label))
-}
-
-/// Where a PV's directory is on this machine: exports are local directories.
-fn on_disk(pv: &PersistentVolume) -> PathBuf {
-    PathBuf::from(nfs_path(pv))
-}
-
 fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0)
-}
-
-fn export1() -> String {
-    common::nfs().export1.to_string_lossy().into_owned()
-}
-
-fn export2() -> String {
-    common::nfs().export2.to_string_lossy().into_owned()
 }
 
 /// Every path below `root` (depth-first, up to `depth` levels) whose name contains `needle`.
@@ -91,11 +75,7 @@ fn find_named(root: &Path, needle: &str, depth: usize) -> Vec<PathBuf> {
 /// The examples users apply, made private to this test: class names get a prefix, the
 /// provisioner name and namespace are the test's own, and pods are left out (no kubelet
 /// runs here). Returns the classes and claims as the API server accepted them.
-async fn apply_examples(
-    client: &kube::Client,
-    ns: &str,
-    provisioner: &str,
-) -> (Vec<StorageClass>, Vec<PersistentVolumeClaim>) {
+async fn apply_examples(fx: &Fixture, ns: &str) -> (Vec<StorageClass>, Vec<PersistentVolumeClaim>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("storageclass-examples");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("examples")
@@ -124,17 +104,12 @@ async fn apply_examples(
                         json!("nfs3-provisioner.io/nfs"),
                         "{file:?}"
                     );
-                    v["provisioner"] = json!(provisioner);
-                    let sc: StorageClass = serde_json::from_value(v).expect("class");
-                    let api = Api::<StorageClass>::all(client.clone());
-                    classes.push(
-                        api.create(&PostParams::default(), &sc)
-                            .await
-                            .expect("create example class"),
-                    );
+                    v["provisioner"] = json!(fx.provisioner);
+                    classes.push(fx.create_class(v).await);
                 }
                 Some("PersistentVolumeClaim") => {
                     v["metadata"]["namespace"] = json!(ns);
+                    v["metadata"]["labels"] = fx.labels_with(&v["metadata"]["labels"]);
                     let class = format!(
                         "{prefix}{}",
                         v["spec"]["storageClassName"].as_str().unwrap_or("")
@@ -162,7 +137,7 @@ async fn apply_examples(
             v["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = json!("e2e-node");
         }
         let pvc: PersistentVolumeClaim = serde_json::from_value(v).expect("claim");
-        let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+        let api = Api::<PersistentVolumeClaim>::namespaced(fx.client.clone(), ns);
         created.push(
             api.create(&PostParams::default(), &pvc)
                 .await
@@ -172,41 +147,15 @@ async fn apply_examples(
     (classes, created)
 }
 
-fn pv_of<'a>(pvs: &'a [PersistentVolume], claim: &str) -> &'a PersistentVolume {
-    pvs.iter()
-        .find(|pv| {
-            pv.spec
-                .as_ref()
-                .and_then(|s| s.claim_ref.as_ref())
-                .and_then(|c| c.name.as_deref())
-                == Some(claim)
-        })
-        .unwrap_or_else(|| panic!("no PV for claim {claim}"))
-}
-
-async fn delete_claim(client: &kube::Client, ns: &str, name: &str) {
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-        .expect("delete claim");
-}
-
-async fn pv_get(client: &kube::Client, name: &str) -> Option<PersistentVolume> {
-    Api::<PersistentVolume>::all(client.clone())
-        .get_opt(name)
-        .await
-        .expect("get PV")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("examples");
-    let p = Provisioner::start(&name, "examples", &[]);
-    let ns = namespace(&client, "examples").await;
-    let (classes, claims_made) = apply_examples(&client, &ns, &name).await;
+    let fx = Fixture::new("examples").await;
+    let p = fx.start("", &[]);
+    let ns = fx.namespace().await;
+    let client = fx.client.clone();
+    let name = fx.provisioner.clone();
+    let (classes, claims_made) = apply_examples(&fx, &ns).await;
     let count = claims_made.len();
     assert!(count >= 10, "one claim per example");
 
@@ -331,17 +280,7 @@ async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says
         "nfs3-retain-pvc",
         "nfs3-archive-pvc",
     ] {
-        let pv = pv_name(claim);
-        wait_for(
-            &format!("PV {pv} of {claim} to go"),
-            Duration::from_secs(30),
-            || {
-                let client = client.clone();
-                let pv = pv.clone();
-                async move { pv_get(&client, &pv).await.is_none().then_some(()) }
-            },
-        )
-        .await;
+        fx.pv_gone(&pv_name(claim), Duration::from_secs(30)).await;
     }
     assert!(
         !dir_of("nfs3-default-delete-pvc").exists(),
@@ -369,8 +308,7 @@ async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says
 
     // The rest are archived by default (nothing set means nothing lost).
     let rest: Vec<PersistentVolume> = volumes_of(&client, &ns).await;
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(60), &p).await;
+    fx.reclaim_all(&ns, Duration::from_secs(60), &p).await;
     for pv in &rest {
         assert!(
             !on_disk(pv).exists(),
@@ -385,32 +323,20 @@ async fn examples_bind_with_the_requested_layout_and_reclaim_as_their_class_says
         provisioned >= count as f64,
         "metrics count provisions: {provisioned}"
     );
-    for c in &classes {
-        delete_class(&client, c.metadata.name.as_deref().unwrap_or("")).await;
-    }
-    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaim_policy_retain_leaves_the_volume_released_and_the_data_intact() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("retain");
-    let p = Provisioner::start(&name, "retain", &[]);
-    let ns = namespace(&client, "retain").await;
-    let class = format!("{ns}-keep");
-    create_class_with(
-        &client,
-        &class,
-        &name,
+    let (fx, _p, ns, class) = scene(
+        "retain",
         json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
         json!({"reclaimPolicy": "Retain"}),
     )
     .await;
-    create_claim(&client, &ns, "data", &class, json!({})).await;
-    all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
-    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    let client = fx.client.clone();
+    fx.claim(&ns, "data", &class, json!({})).await;
+    let pv = fx.bound_pv(&ns, "data", Duration::from_secs(30)).await;
     std::fs::write(on_disk(&pv).join("keep.txt"), "x").expect("write");
     delete_claim(&client, &ns, "data").await;
     let pv_name = pv.metadata.name.clone().unwrap_or_default();
@@ -437,32 +363,20 @@ async fn reclaim_policy_retain_leaves_the_volume_released_and_the_data_intact() 
         .delete(&pv_name, &DeleteParams::default())
         .await
         .expect("delete PV");
-    wait_for(
-        "retained PV to be deletable",
-        Duration::from_secs(30),
-        || {
-            let (client, pv_name) = (client.clone(), pv_name.clone());
-            async move { pv_get(&client, &pv_name).await.is_none().then_some(()) }
-        },
-    )
-    .await;
+    fx.pv_gone(&pv_name, Duration::from_secs(30)).await;
     assert!(
         on_disk(&pv).join("keep.txt").exists(),
         "deleting a retained PV keeps the data"
     );
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
-    drop(p);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("refuse");
-    let p = Provisioner::start(&name, "refuse", &[]);
-    let ns = namespace(&client, "refuse").await;
+    let fx = Fixture::new("refuse").await;
+    let p = fx.start("", &[]);
+    let ns = fx.namespace().await;
+    let client = fx.client.clone();
     let share = json!(export1());
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         (
@@ -498,37 +412,19 @@ async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written(
         ),
     ];
     for (label, params, _) in &cases {
-        create_class(&client, &format!("{ns}-{label}"), &name, params.clone()).await;
+        let class = fx.class(label, params.clone()).await;
         let meta = json!({"annotations": {"folder": "../../../etc"}});
-        create_claim(&client, &ns, label, &format!("{ns}-{label}"), meta).await;
+        fx.claim(&ns, label, &class, meta).await;
     }
     // Claims the provisioner cannot serve, on a class that is fine.
-    let good = format!("{ns}-good");
-    create_class(
-        &client,
-        &good,
-        &name,
-        json!({"server": "127.0.0.1", "share": share}),
-    )
-    .await;
-    create_claim_with(
-        &client,
-        &ns,
-        "block",
-        &good,
-        json!({}),
-        json!({"volumeMode": "Block"}),
-    )
-    .await;
-    create_claim_with(
-        &client,
-        &ns,
-        "selector",
-        &good,
-        json!({}),
-        json!({"selector": {"matchLabels": {"a": "b"}}}),
-    )
-    .await;
+    let good = fx
+        .class("good", json!({"server": "127.0.0.1", "share": share}))
+        .await;
+    let block = json!({"volumeMode": "Block"});
+    fx.claim_with(&ns, "block", &good, json!({}), block).await;
+    let selector = json!({"selector": {"matchLabels": {"a": "b"}}});
+    fx.claim_with(&ns, "selector", &good, json!({}), selector)
+        .await;
 
     for (label, _, needle) in &cases {
         let msg = wait_event(
@@ -572,10 +468,10 @@ async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written(
         .parent()
         .expect("exports' parent")
         .to_path_buf();
+    let written = find_named(&root, &ns, 4);
     assert!(
-        find_named(&root, &ns, 4).is_empty(),
-        "nothing written on the exports: {:?}",
-        find_named(&root, &ns, 4)
+        written.is_empty(),
+        "nothing written on the exports: {written:?}"
     );
     assert!(
         !root.join("etc").exists() && !Path::new("/tmp/etc").exists(),
@@ -583,18 +479,13 @@ async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written(
     );
 
     // Fixing the class brings the claim back without restarting anything.
-    let fixed = format!("{ns}-unknown");
+    let fixed = format!("{}-unknown", fx.token);
     Api::<StorageClass>::all(client.clone())
         .delete(&fixed, &DeleteParams::default())
         .await
         .expect("delete class");
-    create_class(
-        &client,
-        &fixed,
-        &name,
-        json!({"server": "127.0.0.1", "share": share, "archiveOnDelete": "false"}),
-    )
-    .await;
+    let params = json!({"server": "127.0.0.1", "share": share, "archiveOnDelete": "false"});
+    fx.class("unknown", params).await;
     wait_for(
         "the fixed class's claim to bind",
         Duration::from_secs(30),
@@ -610,13 +501,7 @@ async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written(
         },
     )
     .await;
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
-    for (label, _, _) in &cases {
-        delete_class(&client, &format!("{ns}-{label}")).await;
-    }
-    delete_class(&client, &good).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(30), &p).await;
 }
 
 /// A burst of 100 claims with the provisioner killed (SIGKILL) while it works: once it
@@ -625,19 +510,17 @@ async fn bad_parameters_and_hostile_claims_are_explained_and_nothing_is_written(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_100_claims_survives_kill_9() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("burst");
-    let mut p = Provisioner::start(&name, "burst", &[]);
-    let ns = namespace(&client, "burst").await;
-    let class = format!("{ns}-c");
-    create_class(&client, &class, &name, json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete", "pathPattern": "${.PVC.namespace}/${.PVC.name}"})).await;
+    let pattern = "${.PVC.namespace}/${.PVC.name}";
+    let params = json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete", "pathPattern": pattern});
+    let (fx, mut p, ns, class) = scene("burst", params, json!({})).await;
+    let client = fx.client.clone();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let (client, ns, class) = (client.clone(), ns.clone(), class.clone());
+        let pvc = fx.claim_object(&ns, &format!("c{i:03}"), &class, json!({}), json!({}));
+        let api = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
         tasks.push(tokio::spawn(async move {
-            create_claim(&client, &ns, &format!("c{i:03}"), &class, json!({})).await
+            api.create(&PostParams::default(), &pvc).await
         }));
     }
     // Kill it as soon as it has made some volumes: the rest are in flight or not begun.
@@ -649,7 +532,7 @@ async fn burst_of_100_claims_survives_kill_9() {
     p.kill9();
     let at_kill = volumes_of(&client, &ns).await.len();
     for t in tasks {
-        t.await.expect("create claim");
+        t.await.expect("create claim").expect("create claim");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     p.restart();
@@ -681,8 +564,7 @@ async fn burst_of_100_claims_survives_kill_9() {
     assert_eq!(dirs, expected, "one directory per claim, none orphaned");
     eprintln!("burst: 100 claims bound in {elapsed:?} ({at_kill} volumes when killed)");
 
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(120), &p).await;
+    fx.reclaim_all(&ns, Duration::from_secs(120), &p).await;
     let left: Vec<_> = std::fs::read_dir(common::nfs().export1.join(&ns))
         .expect("namespace directory")
         .flatten()
@@ -693,8 +575,6 @@ async fn burst_of_100_claims_survives_kill_9() {
         left.len()
     );
     assert!(p.is_running());
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
 }
 
 /// The NFS server stops while claims arrive: they fail with an explanation, are retried,
@@ -702,20 +582,10 @@ async fn burst_of_100_claims_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nfs_outage_is_retried_until_the_server_is_back() {
     let _alone = EXCLUSIVE.write().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("outage");
-    let p = Provisioner::start(&name, "outage", &[]);
-    let ns = namespace(&client, "outage").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
-    )
-    .await;
-    create_claim(&client, &ns, "before", &class, json!({})).await;
+    let params = json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"});
+    let (fx, p, ns, class) = scene("outage", params, json!({})).await;
+    let client = fx.client.clone();
+    fx.claim(&ns, "before", &class, json!({})).await;
     all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
 
     common::script("nfs.sh", &["stop-server"]);
@@ -724,7 +594,8 @@ async fn nfs_outage_is_retried_until_the_server_is_back() {
         common::script("nfs.sh", &["start-server"]);
     });
     for i in 0..5 {
-        create_claim(&client, &ns, &format!("during-{i}"), &class, json!({})).await;
+        fx.claim(&ns, &format!("during-{i}"), &class, json!({}))
+            .await;
     }
     let msg = wait_event(
         &client,
@@ -755,10 +626,7 @@ async fn nfs_outage_is_retried_until_the_server_is_back() {
     }
     let (code, _) = p.http_get("/readyz").expect("readyz answers");
     assert_eq!(code, 200);
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(60), &p).await;
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(60), &p).await;
 }
 
 /// Runs `f` when dropped, even when the test fails: the NFS server must come back for
@@ -780,35 +648,13 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_hands_over_when_the_leader_dies() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("leader");
+    let fx = Fixture::new("leader").await;
+    let client = fx.client.clone();
     let _lease = the_lease(&client).await;
-    let lease = LEASE_NAME;
-    let env = [
-        ("LEADER_ELECT", "true"),
-        ("LEASE_NAME", lease),
-        ("LEASE_DURATION_SECONDS", "6"),
-    ];
-    let mut a = Provisioner::start(
-        &name,
-        "leader-a",
-        &[env[0], env[1], env[2], ("POD_NAME", "replica-a")],
-    );
-    let mut b = Provisioner::start(
-        &name,
-        "leader-b",
-        &[env[0], env[1], env[2], ("POD_NAME", "replica-b")],
-    );
-    let ns = namespace(&client, "leader").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
-    )
-    .await;
+    let mut a = fx.start("-a", &leader::elect_env(LEASE_NAME, "6", "replica-a"));
+    let mut b = fx.start("-b", &leader::elect_env(LEASE_NAME, "6", "replica-b"));
+    let ns = fx.namespace().await;
+    let class = fx.class("c", delete_on(&export1())).await;
 
     let leader = wait_for("one replica to lead", Duration::from_secs(30), || {
         let (la, lb) = (
@@ -852,7 +698,8 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     assert_eq!(standby.http_get("/healthz").map(|r| r.0), Some(200));
 
     for i in 0..10 {
-        create_claim(&client, &ns, &format!("first-{i}"), &class, json!({})).await;
+        fx.claim(&ns, &format!("first-{i}"), &class, json!({}))
+            .await;
     }
     all_bound(&client, &ns, 10, Duration::from_secs(30), lead).await;
     assert_eq!(
@@ -866,7 +713,8 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     lead.kill9();
     let killed = Instant::now();
     for i in 0..10 {
-        create_claim(&client, &ns, &format!("second-{i}"), &class, json!({})).await;
+        fx.claim(&ns, &format!("second-{i}"), &class, json!({}))
+            .await;
     }
     all_bound(&client, &ns, 20, Duration::from_secs(45), standby).await;
     let takeover = killed.elapsed();
@@ -882,11 +730,7 @@ async fn leader_election_hands_over_when_the_leader_dies() {
     assert_eq!(pvs.len(), 20, "no claim provisioned twice");
     let dirs = find_named(&common::nfs().export1, &ns, 1);
     assert_eq!(dirs.len(), 20, "one directory per claim");
-
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(60), standby).await;
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(60), standby).await;
 }
 
 /// A directory another PV still points at is never deleted: a PV made by hand that
@@ -894,22 +738,10 @@ async fn leader_election_hands_over_when_the_leader_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_still_in_use_is_never_deleted() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("shared");
-    let p = Provisioner::start(&name, "shared", &[]);
-    let ns = namespace(&client, "shared").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
-    )
-    .await;
-    create_claim(&client, &ns, "data", &class, json!({})).await;
-    all_bound(&client, &ns, 1, Duration::from_secs(30), &p).await;
-    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    let (fx, _p, ns, class) = scene("shared", delete_on(&export1()), json!({})).await;
+    let client = fx.client.clone();
+    fx.claim(&ns, "data", &class, json!({})).await;
+    let pv = fx.bound_pv(&ns, "data", Duration::from_secs(30)).await;
     let dir = on_disk(&pv);
     std::fs::write(dir.join("precious"), "x").expect("write");
     let static_pv: PersistentVolume = serde_json::from_value(json!({
@@ -959,59 +791,59 @@ async fn a_directory_still_in_use_is_never_deleted() {
         .await
         .expect("delete static PV");
     // Retried with backoff; the static PV's own protection finalizer goes first.
-    wait_for(
-        "reclaim once nothing else uses it",
-        Duration::from_secs(60),
-        || {
-            let (client, pv_name) = (client.clone(), pv_name.clone());
-            async move { pv_get(&client, &pv_name).await.is_none().then_some(()) }
-        },
-    )
-    .await;
+    fx.pv_gone(&pv_name, Duration::from_secs(60)).await;
     assert!(!dir.exists(), "deleted once free");
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
 }
 
-/// Claims whose StorageClass names another provisioner, or that are already bound, are
-/// left alone; a second provisioner name on the same cluster does not interfere.
+/// Claims whose StorageClass names another provisioner are left alone, while a claim of
+/// ours made after them in the same namespace binds: the provisioner was alive and had
+/// seen the foreign claim when it was checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_provisioners_claims_are_left_alone() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("mine");
-    let p = Provisioner::start(&name, "mine", &[]);
-    let ns = namespace(&client, "mine").await;
-    let other = format!("{ns}-other");
-    create_class(
-        &client,
-        &other,
-        "example.com/someone-else",
-        json!({"server": "127.0.0.1", "share": export1()}),
-    )
-    .await;
-    create_claim(&client, &ns, "theirs", &other, json!({})).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(volumes_of(&client, &ns).await.is_empty());
-    assert!(
-        events_for(&client, &ns, "theirs")
-            .await
-            .iter()
-            .all(|(_, r, _)| !r.starts_with("Provisioning"))
-    );
-    let _ = p;
-    // Let the claim go without waiting for anyone to provision it.
-    let _ = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-        .patch(
-            "theirs",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
+    let (fx, p, ns, ours) = scene("mine", delete_on(&export1()), json!({})).await;
+    let client = fx.client.clone();
+    let other = fx
+        .create_class(json!({
+            "metadata": {"name": format!("{}-other", fx.token)},
+            "provisioner": "example.com/someone-else",
+            "parameters": {"server": "127.0.0.1", "share": export1()},
+        }))
         .await;
-    delete_claims(&client, &ns).await;
-    delete_class(&client, &other).await;
-    delete_namespace(&client, &ns).await;
+    let other = other.metadata.name.unwrap_or_default();
+    fx.claim(&ns, "theirs", &other, json!({})).await;
+    // The positive control: created after the foreign claim, so by the time it is Bound
+    // the provisioner's cache had the foreign claim too, and it chose to leave it.
+    fx.claim(&ns, "control", &ours, json!({})).await;
+    let control = fx.bound_pv(&ns, "control", Duration::from_secs(30)).await;
+    assert_eq!(
+        control
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("pv.kubernetes.io/provisioned-by")),
+        Some(&fx.provisioner)
+    );
+    assert!(p.metric("nfs3_provisioner_provision_total{result=\"success\"}") >= Some(1.0));
+    let theirs = claims(&client, &ns)
+        .await
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("theirs"))
+        .expect("the foreign claim");
+    assert_eq!(
+        phase(&theirs),
+        "Pending",
+        "nobody provisions the foreign claim"
+    );
+    let volumes = volumes_of(&client, &ns).await;
+    assert_eq!(volumes.len(), 1, "only the control's PV: {volumes:?}");
+    let events = events_for(&client, &ns, "theirs").await;
+    assert!(
+        events
+            .iter()
+            .all(|(_, r, _)| !r.starts_with("Provisioning")),
+        "no provisioning event on the foreign claim: {events:?}"
+    );
 }
 
 /// The `mounted` backend (a share mounted at a local path, as nfs-subdir deployments
@@ -1020,13 +852,11 @@ async fn other_provisioners_claims_are_left_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mounted_backend_provisions_and_reclaims_the_same_way() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("mounted");
+    let fx = Fixture::new("mounted").await;
+    let client = fx.client.clone();
     let root = export1();
-    let p = Provisioner::start(
-        &name,
-        "mounted",
+    let p = fx.start(
+        "",
         &[
             ("BACKEND", "mounted"),
             ("MOUNT_ROOT", root.as_str()),
@@ -1034,26 +864,16 @@ async fn mounted_backend_provisions_and_reclaims_the_same_way() {
             ("NFS_PATH", root.as_str()),
         ],
     );
-    let ns = namespace(&client, "mounted").await;
-    let class = format!("{ns}-defaults");
+    let ns = fx.namespace().await;
     // No server or share: the provisioner-wide NFS_SERVER / NFS_PATH, as nfs-subdir has it.
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"onDelete": "delete", "mode": "0770"}),
-    )
-    .await;
-    let other = format!("{ns}-other");
-    create_class(
-        &client,
-        &other,
-        &name,
-        json!({"server": "127.0.0.1", "share": export2()}),
-    )
-    .await;
-    create_claim(&client, &ns, "data", &class, json!({})).await;
-    create_claim(&client, &ns, "elsewhere", &other, json!({})).await;
+    let class = fx
+        .class("defaults", json!({"onDelete": "delete", "mode": "0770"}))
+        .await;
+    let other = fx
+        .class("other", json!({"server": "127.0.0.1", "share": export2()}))
+        .await;
+    fx.claim(&ns, "data", &class, json!({})).await;
+    fx.claim(&ns, "elsewhere", &other, json!({})).await;
     wait_event(
         &client,
         &ns,
@@ -1063,33 +883,14 @@ async fn mounted_backend_provisions_and_reclaims_the_same_way() {
         Duration::from_secs(30),
     )
     .await;
-    wait_for(
-        "the claim on the mounted share to bind",
-        Duration::from_secs(30),
-        || {
-            let (client, ns) = (client.clone(), ns.clone());
-            async move {
-                claims(&client, &ns)
-                    .await
-                    .iter()
-                    .any(|c| c.metadata.name.as_deref() == Some("data") && phase(c) == "Bound")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    let pv = volumes_of(&client, &ns).await.pop().expect("PV");
+    let pv = fx.bound_pv(&ns, "data", Duration::from_secs(30)).await;
     let dir = on_disk(&pv);
     assert!(dir.starts_with(&root) && dir.is_dir(), "{dir:?}");
     assert_eq!(mode_of(&dir), 0o770);
     std::fs::create_dir_all(dir.join("a/b")).expect("write");
     std::fs::write(dir.join("a/b/f"), "x").expect("write");
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
+    fx.reclaim_all(&ns, Duration::from_secs(30), &p).await;
     assert!(!dir.exists(), "deleted through the mounted backend");
-    delete_class(&client, &class).await;
-    delete_class(&client, &other).await;
-    delete_namespace(&client, &ns).await;
 }
 
 /// `audit` run as an operator would, against the cluster and the real share: it counts
@@ -1097,42 +898,17 @@ async fn mounted_backend_provisions_and_reclaims_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_finds_a_volume_whose_directory_is_gone() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("audit");
-    let p = Provisioner::start(&name, "audit", &[]);
-    let ns = namespace(&client, "audit").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export2(), "onDelete": "delete"}),
-    )
-    .await;
-    create_claim(&client, &ns, "kept", &class, json!({})).await;
-    create_claim(&client, &ns, "lost", &class, json!({})).await;
+    let (fx, p, ns, class) = scene("audit", delete_on(&export2()), json!({})).await;
+    let (client, name) = (fx.client.clone(), fx.provisioner.clone());
+    fx.claim(&ns, "kept", &class, json!({})).await;
+    fx.claim(&ns, "lost", &class, json!({})).await;
     all_bound(&client, &ns, 2, Duration::from_secs(30), &p).await;
     let pvs = volumes_of(&client, &ns).await;
     let lost = pv_of(&pvs, "lost");
     std::fs::remove_dir(on_disk(lost))
         .expect("remove a volume directory behind the provisioner's back");
 
-    let run_audit = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nfs3-provisioner"))
-            .args(["audit", "--provisioner-name", &name, "--output", "json"])
-            .env("KUBECONFIG", &cluster().sa_kubeconfig)
-            .output()
-            .expect("run audit");
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "audit prints JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code(), report)
-    };
-    let (code, report) = run_audit();
+    let (code, report) = run_audit(&name, &[]);
     assert_eq!(code, Some(1), "something is missing: exit 1; {report:#}");
     let share = report["shares"]
         .as_array()
@@ -1151,9 +927,6 @@ async fn audit_finds_a_volume_whose_directory_is_gone() {
         "{share:#}"
     );
 
-    delete_claims(&client, &ns).await;
     // Deleting a directory that is already gone is a success, not a retry loop.
-    volumes_gone(&client, &ns, Duration::from_secs(30), &p).await;
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(30), &p).await;
 }

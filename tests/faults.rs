@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::conformance::RWX;
 use nfs3_provisioner::backend::mounted::MountedShare;
 use nfs3_provisioner::backend::nfs3::{Nfs3Options, Nfs3Share};
-use nfs3_provisioner::backend::{DirAttrs, Removed, Share, Target};
+use nfs3_provisioner::backend::{Removed, Share, Target};
 use nfs3_provisioner::path::RelPath;
 use proxy::Proxy;
 
@@ -69,12 +70,6 @@ async fn peak_of<T>(f: impl std::future::Future<Output = T>) -> (T, usize) {
 
 const NFS_PORT: u16 = 12049;
 const MOUNT_PORT: u16 = 12048;
-const RWX: DirAttrs = DirAttrs {
-    mode: 0o777,
-    uid: None,
-    gid: None,
-    stamp: None,
-};
 
 fn target(export: &Path, port: Option<u16>) -> Target {
     Target {
@@ -90,6 +85,21 @@ async fn proxied(export: &Path, opts: Nfs3Options) -> (Proxy, Arc<Nfs3Share>) {
     let proxy = Proxy::start(([127, 0, 0, 1], NFS_PORT).into()).await;
     let share = Nfs3Share::new(target(export, Some(proxy.port())), opts);
     (proxy, Arc::new(share))
+}
+
+/// export1 through a fresh proxy, with `max_connections` slots and call `timeout`.
+async fn proxied_export1(
+    max_connections: usize,
+    timeout: Duration,
+) -> (PathBuf, Proxy, Arc<Nfs3Share>) {
+    let export = common::nfs().export1.clone();
+    let opts = Nfs3Options {
+        max_connections,
+        timeout,
+        ..Default::default()
+    };
+    let (proxy, share) = proxied(&export, opts).await;
+    (export, proxy, share)
 }
 
 fn rel(s: &str) -> RelPath {
@@ -179,7 +189,8 @@ async fn nfs3_deep_tree_is_reclaimed_with_bounded_memory() {
     const DEPTH: usize = 2000;
     const BOUND: usize = 16 << 20;
     let export = &common::nfs().export1;
-    let base = common::unique("deep");
+    let scratch = common::scratch(export, "deep");
+    let base = scratch.name.clone();
     let name = "n".repeat(200);
     plant_chain(&export.join(&base).join("vol"), DEPTH, &name);
     let share = Nfs3Share::new(target(export, None), Nfs3Options::default());
@@ -261,7 +272,8 @@ async fn mounted_deep_tree_is_reclaimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_parallel_removal_leaves_the_pool_healthy() {
     let export = export3().await;
-    let base = common::unique("squash");
+    let scratch = common::scratch(&export, "squash");
+    let base = scratch.name.clone();
     let vol = export.join(&base).join("vol");
     fs::create_dir_all(&vol).unwrap();
     for d in [export.join(&base), vol.clone()] {
@@ -306,7 +318,6 @@ async fn failed_parallel_removal_leaves_the_pool_healthy() {
         );
     }
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::remove_dir_all(export.join(&base)).unwrap();
 }
 
 /// Issue 11, item 4: the server restarts (every connection reset) while the pool holds
@@ -314,14 +325,9 @@ async fn failed_parallel_removal_leaves_the_pool_healthy() {
 /// reconnects and succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_survive_resets() {
-    let export = common::nfs().export1.clone();
-    let opts = Nfs3Options {
-        max_connections: 4,
-        timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    let (proxy, share) = proxied(&export, opts).await;
-    let base = common::unique("reset");
+    let (export, proxy, share) = proxied_export1(4, Duration::from_secs(5)).await;
+    let scratch = common::scratch(&export, "reset");
+    let base = scratch.name.clone();
     // Fill the pool: four calls at once leave four idle connections.
     let warm: Vec<_> = (0..4)
         .map(|i| {
@@ -409,21 +415,14 @@ async fn pooled_connections_survive_resets() {
     assert!(r.is_ok(), "call after a reply cut halfway: {r:?}");
     assert_eq!(proxy.resets_pending(), 0, "the reset fired");
     assert!(export.join(&base).join("after-short").is_dir());
-    fs::remove_dir_all(export.join(&base)).unwrap();
 }
 
 /// A stalled server: calls end with a timeout within their deadline, and once it
 /// answers again the pool works (the connections that timed out are not reused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_server_calls_time_out() {
-    let export = common::nfs().export1.clone();
     let timeout = Duration::from_secs(1);
-    let opts = Nfs3Options {
-        max_connections: 2,
-        timeout,
-        ..Default::default()
-    };
-    let (proxy, share) = proxied(&export, opts).await;
+    let (_, proxy, share) = proxied_export1(2, timeout).await;
     share.space().await.unwrap();
     proxy.stall(true);
     let started = Instant::now();
@@ -455,15 +454,10 @@ async fn stalled_server_calls_time_out() {
 /// gets a transient error at the deadline instead of waiting for the whole tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_waits_have_a_deadline() {
-    let export = common::nfs().export1.clone();
     let timeout = Duration::from_secs(1);
-    let opts = Nfs3Options {
-        max_connections: 2,
-        timeout,
-        ..Default::default()
-    };
-    let (proxy, share) = proxied(&export, opts).await;
-    let base = common::unique("deadline");
+    let (export, proxy, share) = proxied_export1(2, timeout).await;
+    let scratch = common::scratch(&export, "deadline");
+    let base = scratch.name.clone();
     let big = export.join(&base).join("big");
     plant_wide(&big, 4, 150);
     share
@@ -505,7 +499,6 @@ async fn slot_waits_have_a_deadline() {
             .unwrap();
     }
     assert!(!export.join(&base).join("small").exists());
-    fs::remove_dir_all(export.join(&base)).unwrap();
 }
 
 /// Issue 11, item 5: two big reclaims in flight on a share; a new claim's directory is
@@ -513,14 +506,9 @@ async fn slot_waits_have_a_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_is_not_starved_by_big_reclaims() {
     const BOUND: Duration = Duration::from_secs(2);
-    let export = common::nfs().export1.clone();
-    let opts = Nfs3Options {
-        max_connections: 4,
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let (proxy, share) = proxied(&export, opts).await;
-    let base = common::unique("starve");
+    let (export, proxy, share) = proxied_export1(4, Duration::from_secs(10)).await;
+    let scratch = common::scratch(&export, "starve");
+    let base = scratch.name.clone();
     let (a, b) = (export.join(&base).join("a"), export.join(&base).join("b"));
     plant_wide(&a, 4, 250);
     plant_wide(&b, 4, 250);
@@ -564,7 +552,6 @@ async fn provisioning_is_not_starved_by_big_reclaims() {
         }
     }
     assert!(!a.exists() && !b.exists());
-    fs::remove_dir_all(export.join(&base)).unwrap();
 }
 
 /// Issue 11, item 4: the root handle a pooled connection cached comes back STALE (the
@@ -578,14 +565,9 @@ async fn stale_root_handle_is_replaced_by_a_fresh_mount() {
     use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
     use nfs3_client::tokio::TokioConnector;
 
-    let export = common::nfs().export1.clone();
-    let opts = Nfs3Options {
-        max_connections: 2,
-        timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
-    let (proxy, share) = proxied(&export, opts).await;
-    let base = common::unique("stale");
+    let (export, proxy, share) = proxied_export1(2, Duration::from_secs(5)).await;
+    let scratch = common::scratch(&export, "stale");
+    let base = scratch.name.clone();
     share.create_dir(&rel(&base), RWX).await.unwrap();
 
     // The share's root handle, and a handle the server calls stale: a directory that
@@ -666,5 +648,4 @@ async fn stale_root_handle_is_replaced_by_a_fresh_mount() {
     );
     assert!(r.is_ok(), "call after the root handle went stale: {r:?}");
     assert!(export.join(&base).join("after-stale").is_dir());
-    fs::remove_dir_all(export.join(&base)).unwrap();
 }

@@ -4,7 +4,7 @@
 //! the victim's directory exactly as it was (entries, contents, modes, owners), and the
 //! victim's claim Bound; the cases the class allows must still work.
 //!
-//! Every scenario runs its own provisioner name, class and namespaces; a [`Scene`]
+//! Every scenario runs its own provisioner name, class and namespaces; its fixture
 //! deletes them when the test ends, passed or failed.
 
 mod common;
@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cluster::*;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
+use common::fixture::Fixture;
+use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -25,35 +26,34 @@ const BIND: Duration = Duration::from_secs(60);
 /// directory is not told when it goes): twice that, and a margin.
 const REFUSAL: Duration = Duration::from_secs(75);
 
-/// One scenario's provisioner, classes and namespaces, cleaned up on drop.
+/// One scenario: its provisioner and a [`Fixture`] that removes the classes,
+/// namespaces, PVs and directories when the test ends.
 struct Scene {
-    client: Client,
+    /// Declared first, so it is killed before the fixture cleans up.
     p: Provisioner,
+    fx: Fixture,
+    client: Client,
     /// The scenario's own directory on export1: every template starts inside it, so
-    /// scenarios never meet on the shared export.
+    /// scenarios never meet on the shared export (the fixture removes it).
     root: String,
-    classes: Vec<String>,
-    namespaces: Vec<String>,
+    classes: usize,
 }
 
 impl Scene {
     async fn new(label: &str) -> Self {
-        common::nfs();
-        let client = admin().await;
-        let name = format!("{}.iso.nfs3-provisioner.io/nfs", common::unique(label));
-        let p = Provisioner::start(&name, &format!("iso-{label}"), &[]);
+        let fx = Fixture::new(label).await;
         Scene {
-            client,
-            p,
-            root: common::unique(label),
-            classes: Vec::new(),
-            namespaces: Vec::new(),
+            p: fx.start("", &[]),
+            client: fx.client.clone(),
+            root: fx.token.clone(),
+            classes: 0,
+            fx,
         }
     }
 
     /// A class whose template is `template` below the scenario's root directory.
     async fn class(&mut self, template: &str, extra: serde_json::Value) -> String {
-        let name = format!("{}-c{}", self.root, self.classes.len());
+        self.classes += 1;
         let mut params = json!({
             "server": "127.0.0.1",
             "share": export1(),
@@ -65,44 +65,18 @@ impl Scene {
                 p.insert(k.clone(), v.clone());
             }
         }
-        create_class(&self.client, &name, &self.p.name, params).await;
-        self.classes.push(name.clone());
-        name
+        self.fx.class(&format!("c{}", self.classes), params).await
     }
 
     async fn namespace(&mut self, name: Option<String>) -> String {
-        let ns = match name {
-            Some(n) => {
-                let obj: Namespace =
-                    serde_json::from_value(json!({"metadata": {"name": n}})).expect("namespace");
-                Api::<Namespace>::all(self.client.clone())
-                    .create(&PostParams::default(), &obj)
-                    .await
-                    .expect("create namespace");
-                n
-            }
-            None => namespace(&self.client, "iso").await,
-        };
-        self.namespaces.push(ns.clone());
-        ns
+        match name {
+            Some(n) => self.fx.namespace_named(&n).await,
+            None => self.fx.namespace().await,
+        }
     }
 
     async fn bound_pv(&self, ns: &str, claim: &str) -> PersistentVolume {
-        wait_for(&format!("{ns}/{claim} Bound"), BIND, || async move {
-            let c = claims(&self.client, ns)
-                .await
-                .into_iter()
-                .find(|c| c.metadata.name.as_deref() == Some(claim))?;
-            if phase(&c) != "Bound" {
-                return None;
-            }
-            let pv = c.spec.as_ref()?.volume_name.clone()?;
-            Api::<PersistentVolume>::all(self.client.clone())
-                .get_opt(&pv)
-                .await
-                .ok()?
-        })
-        .await
+        self.fx.bound_pv(ns, claim, BIND).await
     }
 
     /// Waits for the refusal and checks the claim stayed Pending.
@@ -135,39 +109,6 @@ impl Scene {
         );
         msg
     }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        // Runs on failure too; best effort, the cluster is shared with other tests.
-        for ns in &self.namespaces {
-            let _ = std::process::Command::new(&cluster().kubectl)
-                .args(["delete", "namespace", ns, "--wait=false"])
-                .env("KUBECONFIG", &cluster().admin_kubeconfig)
-                .output();
-        }
-        for class in &self.classes {
-            let _ = std::process::Command::new(&cluster().kubectl)
-                .args(["delete", "storageclass", class, "--wait=false"])
-                .env("KUBECONFIG", &cluster().admin_kubeconfig)
-                .output();
-        }
-    }
-}
-
-async fn delete_claim(client: &Client, ns: &str, name: &str) {
-    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .delete(name, &DeleteParams::default())
-        .await
-        .expect("delete claim");
-}
-
-fn export1() -> String {
-    common::nfs().export1.to_string_lossy().into_owned()
-}
-
-fn on_disk(pv: &PersistentVolume) -> PathBuf {
-    PathBuf::from(nfs_path(pv))
 }
 
 /// Everything about a tree that a hostile claim must not change: every entry with its
@@ -221,13 +162,13 @@ async fn labels_and_annotations_cannot_point_a_claim_at_another_namespace_s_dire
         "labels": {"team": "payments"},
         "annotations": {"example.com/folder": "reports"},
     });
-    create_claim(&s.client, &victim_ns, "ledger", &class, meta.clone()).await;
+    s.fx.claim(&victim_ns, "ledger", &class, meta.clone()).await;
     let victim = s.bound_pv(&victim_ns, "ledger").await;
     let dir = on_disk(&victim);
     let before = fill(&dir);
 
     let mallory = s.namespace(None).await;
-    create_claim(&s.client, &mallory, "steal", &class, meta).await;
+    s.fx.claim(&mallory, "steal", &class, meta).await;
     let msg = s
         .refused(&mallory, "steal", "is the directory of another volume")
         .await;
@@ -240,7 +181,7 @@ async fn labels_and_annotations_cannot_point_a_claim_at_another_namespace_s_dire
         "labels": {"team": "payments"},
         "annotations": {"example.com/folder": "reports/x"},
     });
-    create_claim(&s.client, &mallory, "inside", &class, inside).await;
+    s.fx.claim(&mallory, "inside", &class, inside).await;
     s.refused(
         &mallory,
         "inside",
@@ -249,8 +190,7 @@ async fn labels_and_annotations_cannot_point_a_claim_at_another_namespace_s_dire
     .await;
     // A template with the label alone would render "payments": around the victim.
     let around_class = s.class("${.PVC.labels.team}", json!({})).await;
-    create_claim(
-        &s.client,
+    s.fx.claim(
         &mallory,
         "around",
         &around_class,
@@ -281,10 +221,10 @@ async fn concatenated_names_do_not_collide_across_namespaces() {
     let team = s.namespace(Some(base.clone())).await;
     let team_b = s.namespace(Some(format!("{base}-b"))).await;
     // "<base>-b" + "data" and "<base>" + "b-data" render the same name.
-    create_claim(&s.client, &team_b, "data", &class, json!({})).await;
+    s.fx.claim(&team_b, "data", &class, json!({})).await;
     let victim = s.bound_pv(&team_b, "data").await;
     let before = fill(&on_disk(&victim));
-    create_claim(&s.client, &team, "b-data", &class, json!({})).await;
+    s.fx.claim(&team, "b-data", &class, json!({})).await;
     s.refused(&team, "b-data", "is the directory of another volume")
         .await;
     assert_eq!(snapshot(&on_disk(&victim)), before);
@@ -302,7 +242,7 @@ async fn an_existing_directory_is_refused_unless_the_class_adopts_it() {
     std::fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .expect("chmod");
     let before = snapshot(&left);
-    create_claim(&s.client, &ns, "old", &refuse, json!({})).await;
+    s.fx.claim(&ns, "old", &refuse, json!({})).await;
     s.refused(
         &ns,
         "old",
@@ -328,7 +268,7 @@ async fn an_existing_directory_is_refused_unless_the_class_adopts_it() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .expect("chmod");
-    create_claim(&s.client, &ns, "old2", &adopt, json!({})).await;
+    s.fx.claim(&ns, "old2", &adopt, json!({})).await;
     let pv = s.bound_pv(&ns, "old2").await;
     let m = std::fs::metadata(on_disk(&pv)).expect("stat");
     assert_eq!(m.mode() & 0o7777, 0o700, "adopted, not chmod-ed");
@@ -341,22 +281,16 @@ async fn an_existing_directory_is_refused_unless_the_class_adopts_it() {
 async fn a_recreated_namespace_does_not_inherit_a_retained_directory() {
     let mut s = Scene::new("retained").await;
     let template = "${.PVC.namespace}/${.PVC.name}";
-    let name = format!("{}-keep", s.root);
-    create_class_with(
-        &s.client,
-        &name,
-        &s.p.name,
-        json!({
-            "server": "127.0.0.1",
-            "share": export1(),
-            "pathPattern": format!("{}/{template}", s.root),
-        }),
-        json!({"reclaimPolicy": "Retain"}),
-    )
-    .await;
-    s.classes.push(name.clone());
+    let params = json!({
+        "server": "127.0.0.1",
+        "share": export1(),
+        "pathPattern": format!("{}/{template}", s.root),
+    });
+    let name =
+        s.fx.class_with("keep", params, json!({"reclaimPolicy": "Retain"}))
+            .await;
     let ns = s.namespace(None).await;
-    create_claim(&s.client, &ns, "data", &name, json!({})).await;
+    s.fx.claim(&ns, "data", &name, json!({})).await;
     let old = s.bound_pv(&ns, "data").await;
     let dir = on_disk(&old);
     let before = fill(&dir);
@@ -366,7 +300,7 @@ async fn a_recreated_namespace_does_not_inherit_a_retained_directory() {
     })
     .await;
     // The same names again: as a new tenant in a recreated namespace would.
-    create_claim(&s.client, &ns, "data", &name, json!({})).await;
+    s.fx.claim(&ns, "data", &name, json!({})).await;
     s.refused(&ns, "data", "is the directory of another volume")
         .await;
     let old_name = old.metadata.name.clone().unwrap_or_default();
@@ -374,12 +308,7 @@ async fn a_recreated_namespace_does_not_inherit_a_retained_directory() {
     pvs.delete(&old_name, &DeleteParams::default())
         .await
         .expect("an admin deletes the retained PV");
-    wait_for("the retained PV gone", BIND, || {
-        let pvs = pvs.clone();
-        let old_name = old_name.clone();
-        async move { pvs.get_opt(&old_name).await.ok()?.is_none().then_some(()) }
-    })
-    .await;
+    s.fx.pv_gone(&old_name, BIND).await;
     s.refused(
         &ns,
         "data",
@@ -395,7 +324,7 @@ async fn a_claim_recreated_under_its_old_name_gets_a_fresh_directory_the_old_rec
     let mut s = Scene::new("recreate").await;
     let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
     let ns = s.namespace(None).await;
-    create_claim(&s.client, &ns, "data", &class, json!({})).await;
+    s.fx.claim(&ns, "data", &class, json!({})).await;
     let old = s.bound_pv(&ns, "data").await;
     std::fs::write(on_disk(&old).join("old"), "x").expect("write");
     delete_claim(&s.client, &ns, "data").await;
@@ -404,26 +333,14 @@ async fn a_claim_recreated_under_its_old_name_gets_a_fresh_directory_the_old_rec
     })
     .await;
     // Recreated at once, while the old volume may still be Released and being reclaimed.
-    create_claim(&s.client, &ns, "data", &class, json!({})).await;
+    s.fx.claim(&ns, "data", &class, json!({})).await;
     let new = s.bound_pv(&ns, "data").await;
     assert_ne!(new.metadata.uid, old.metadata.uid);
     let dir = on_disk(&new);
     assert_eq!(dir, on_disk(&old), "same template, same directory");
     std::fs::write(dir.join("new"), "mine").expect("write");
     let old_name = old.metadata.name.clone().unwrap_or_default();
-    wait_for("the old PV gone", BIND, || {
-        let client = s.client.clone();
-        let old_name = old_name.clone();
-        async move {
-            Api::<PersistentVolume>::all(client)
-                .get_opt(&old_name)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    s.fx.pv_gone(&old_name, BIND).await;
     assert!(
         !dir.join("old").exists(),
         "the old data went with its volume"
@@ -445,10 +362,10 @@ async fn a_namespace_may_share_a_directory_when_the_class_says_so_and_released_s
         )
         .await;
     let ns = s.namespace(None).await;
-    create_claim(&s.client, &ns, "a", &class, json!({})).await;
+    s.fx.claim(&ns, "a", &class, json!({})).await;
     let a = s.bound_pv(&ns, "a").await;
     std::fs::write(on_disk(&a).join("kept"), "x").expect("write");
-    create_claim(&s.client, &ns, "b", &class, json!({})).await;
+    s.fx.claim(&ns, "b", &class, json!({})).await;
     let b = s.bound_pv(&ns, "b").await;
     assert_eq!(on_disk(&a), on_disk(&b));
 
@@ -479,8 +396,8 @@ async fn two_namespaces_racing_for_one_directory_cannot_both_win() {
         let meta = json!({"annotations": {"example.com/folder": format!("contested-{round}")}});
         let name = format!("c{round}");
         tokio::join!(
-            create_claim(&s.client, &one, &name, &class, meta.clone()),
-            create_claim(&s.client, &two, &name, &class, meta.clone()),
+            s.fx.claim(&one, &name, &class, meta.clone()),
+            s.fx.claim(&two, &name, &class, meta.clone()),
         );
         let winner = wait_for("one winner", BIND, || {
             let (client, one, two, name) =
@@ -514,13 +431,13 @@ async fn the_provisioner_keeps_serving_after_refusals() {
         .await;
     let ns = s.namespace(None).await;
     let meta = json!({"annotations": {"example.com/folder": "one"}});
-    create_claim(&s.client, &ns, "first", &hostile, meta.clone()).await;
+    s.fx.claim(&ns, "first", &hostile, meta.clone()).await;
     s.bound_pv(&ns, "first").await;
-    create_claim(&s.client, &ns, "second", &hostile, meta).await;
+    s.fx.claim(&ns, "second", &hostile, meta).await;
     s.refused(&ns, "second", "is the directory of another volume")
         .await;
     let class = s.class("${.PVC.namespace}/${.PVC.name}", json!({})).await;
-    create_claim(&s.client, &ns, "fine", &class, json!({})).await;
+    s.fx.claim(&ns, "fine", &class, json!({})).await;
     let pv = s.bound_pv(&ns, "fine").await;
     assert!(on_disk(&pv).is_dir());
     let msg = wait_event(
@@ -580,7 +497,7 @@ async fn huge_claim_metadata_does_not_grow_the_provisioner() {
                 "resources": {"requests": {"storage": "1Mi"}},
             }
         });
-        v["metadata"]["labels"] = meta["labels"].clone();
+        v["metadata"]["labels"] = s.fx.labels_with(&meta["labels"]);
         let pvc = serde_json::from_value(v).expect("claim");
         api.create(&PostParams::default(), &pvc)
             .await

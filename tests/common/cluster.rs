@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{DeleteParams, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::json;
@@ -86,6 +85,16 @@ pub fn http_get(port: u16, path: &str, read_timeout: Duration) -> Option<(u16, S
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// The value of the metric line served on `port` whose text starts with `prefix`.
+pub fn metric_at(port: u16, prefix: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics", Duration::from_secs(5))?;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 pub fn free_port() -> u16 {
@@ -201,12 +210,7 @@ impl Provisioner {
 
     /// The value of a metric line `name{labels} value` whose text starts with `prefix`.
     pub fn metric(&self, prefix: &str) -> Option<f64> {
-        let (_, body) = self.http_get("/metrics")?;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric_at(self.http_port, prefix)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -222,9 +226,22 @@ impl Drop for Provisioner {
     }
 }
 
-/// Polls `f` every 200 ms until it gives `Some`, or panics after `limit` with `what`
-/// and the diagnosis `explain` gives.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+/// Polls `f` every 200 ms until it gives `Some`, or panics after `limit` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_explained(what, limit, String::new, f).await
+}
+
+/// The same; on timeout the panic also shows what `diag` says (logs, states).
+pub async fn wait_explained<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    diag: impl Fn() -> String,
+    mut f: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -236,136 +253,67 @@ where
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}\n{}",
+            diag()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// A namespace of the test's own, deleted (with what is left in it) when the test ends.
-pub async fn namespace(client: &Client, prefix: &str) -> String {
-    let name = super::unique(prefix);
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
-    // The control plane has no ServiceAccount controller token wait here; claims need none.
-    name
-}
-
-pub async fn create_class(
-    client: &Client,
-    name: &str,
-    provisioner: &str,
-    params: serde_json::Value,
-) -> StorageClass {
-    create_class_with(client, name, provisioner, params, json!({})).await
-}
-
-/// A StorageClass; `extra` is merged at the top level (reclaimPolicy, mountOptions, ...).
-pub async fn create_class_with(
-    client: &Client,
-    name: &str,
-    provisioner: &str,
-    params: serde_json::Value,
-    extra: serde_json::Value,
-) -> StorageClass {
-    let mut v = json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": name},
-        "provisioner": provisioner,
-        "parameters": params,
-    });
-    if let (Some(obj), Some(add)) = (v.as_object_mut(), extra.as_object()) {
-        for (k, val) in add {
-            obj.insert(k.clone(), val.clone());
-        }
-    }
-    let sc: StorageClass = serde_json::from_value(v).expect("class");
-    let api = Api::<StorageClass>::all(client.clone());
-    let _ = api.delete(name, &DeleteParams::default()).await;
-    api.create(&PostParams::default(), &sc)
-        .await
-        .expect("create class")
-}
-
-pub async fn delete_class(client: &Client, name: &str) {
-    let _ = Api::<StorageClass>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await;
-}
-
-/// A claim of `class`; `meta` is merged into its metadata (labels, annotations).
-pub async fn create_claim(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    class: &str,
-    meta: serde_json::Value,
-) -> PersistentVolumeClaim {
-    create_claim_with(client, ns, name, class, meta, json!({})).await
-}
-
-pub async fn create_claim_with(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    class: &str,
-    meta: serde_json::Value,
-    spec: serde_json::Value,
-) -> PersistentVolumeClaim {
-    let mut v = json!({
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "storageClassName": class,
-            "accessModes": ["ReadWriteMany"],
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    });
-    merge(&mut v["metadata"], &meta);
-    merge(&mut v["spec"], &spec);
-    let pvc: PersistentVolumeClaim = serde_json::from_value(v).expect("claim");
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .expect("create claim")
-}
-
-fn merge(into: &mut serde_json::Value, add: &serde_json::Value) {
-    if let (Some(obj), Some(add)) = (into.as_object_mut(), add.as_object()) {
-        for (k, v) in add {
-            obj.insert(k.clone(), v.clone());
-        }
-    }
-}
-
 pub async fn claims(client: &Client, ns: &str) -> Vec<PersistentVolumeClaim> {
+    try_claims(client, ns).await.expect("list claims")
+}
+
+/// The claims of `ns`, or None while the API server does not answer.
+pub async fn try_claims(client: &Client, ns: &str) -> Option<Vec<PersistentVolumeClaim>> {
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
-        .expect("list claims")
-        .items
+        .ok()
+        .map(|l| l.items)
 }
 
 /// PVs whose claimRef is in `ns`.
 pub async fn volumes_of(client: &Client, ns: &str) -> Vec<PersistentVolume> {
-    Api::<PersistentVolume>::all(client.clone())
+    try_volumes(client, ns).await.expect("list volumes")
+}
+
+/// The same, or None while the API server does not answer.
+pub async fn try_volumes(client: &Client, ns: &str) -> Option<Vec<PersistentVolume>> {
+    let all = Api::<PersistentVolume>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .expect("list volumes")
-        .items
-        .into_iter()
-        .filter(|pv| {
-            pv.spec
-                .as_ref()
-                .and_then(|s| s.claim_ref.as_ref())
-                .and_then(|c| c.namespace.as_deref())
-                == Some(ns)
-        })
-        .collect()
+        .ok()?;
+    Some(
+        all.items
+            .into_iter()
+            .filter(|pv| {
+                pv.spec
+                    .as_ref()
+                    .and_then(|s| s.claim_ref.as_ref())
+                    .and_then(|c| c.namespace.as_deref())
+                    == Some(ns)
+            })
+            .collect(),
+    )
+}
+
+/// `nfs3-provisioner audit --output json` for the provisioner `name`, with the
+/// ServiceAccount's rights: its exit code and report.
+pub fn run_audit(name: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nfs3-provisioner"))
+        .args(["audit", "--provisioner-name", name, "--output", "json"])
+        .args(extra)
+        .env("KUBECONFIG", &cluster().sa_kubeconfig)
+        .output()
+        .expect("run audit");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit prints JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
 }
 
 pub fn phase(pvc: &PersistentVolumeClaim) -> &str {
@@ -480,12 +428,6 @@ pub async fn delete_claims(client: &Client, ns: &str) {
         .expect("delete claims");
 }
 
-pub async fn delete_namespace(client: &Client, ns: &str) {
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(ns, &DeleteParams::default())
-        .await;
-}
-
 /// Waits until no PV refers to a claim in `ns`.
 pub async fn volumes_gone(client: &Client, ns: &str, limit: Duration, p: &Provisioner) {
     let deadline = Instant::now() + limit;
@@ -512,4 +454,49 @@ pub async fn volumes_gone(client: &Client, ns: &str, limit: Duration, p: &Provis
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Where a PV's directory is on this machine: exports are local directories.
+pub fn on_disk(pv: &PersistentVolume) -> PathBuf {
+    PathBuf::from(nfs_path(pv))
+}
+
+pub fn export1() -> String {
+    super::nfs().export1.to_string_lossy().into_owned()
+}
+
+pub fn export2() -> String {
+    super::nfs().export2.to_string_lossy().into_owned()
+}
+
+/// Class parameters for `share` on the test server, deleting released directories.
+pub fn delete_on(share: &str) -> serde_json::Value {
+    json!({"server": "127.0.0.1", "share": share, "onDelete": "delete"})
+}
+
+/// The PV in `pvs` bound to the claim named `claim`.
+pub fn pv_of<'a>(pvs: &'a [PersistentVolume], claim: &str) -> &'a PersistentVolume {
+    pvs.iter()
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|c| c.name.as_deref())
+                == Some(claim)
+        })
+        .unwrap_or_else(|| panic!("no PV for claim {claim}"))
+}
+
+pub async fn delete_claim(client: &Client, ns: &str, name: &str) {
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete claim");
+}
+
+pub async fn pv_get(client: &Client, name: &str) -> Option<PersistentVolume> {
+    Api::<PersistentVolume>::all(client.clone())
+        .get_opt(name)
+        .await
+        .expect("get PV")
 }

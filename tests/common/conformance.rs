@@ -6,6 +6,14 @@ use nfs3_provisioner::path::RelPath;
 use std::os::unix::ffi::OsStrExt;
 
 /// Every test works under its own `base` directory, so runs on a shared export never meet.
+/// The attributes most tests give a new directory: open to all, owner unchanged.
+pub const RWX: DirAttrs = DirAttrs {
+    mode: 0o777,
+    uid: None,
+    gid: None,
+    stamp: None,
+};
+
 fn p(base: &str, s: &str) -> RelPath {
     RelPath::parse(&format!("{base}/{s}")).unwrap()
 }
@@ -65,12 +73,7 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
         (parent.kind, parent.mode & 0o7777),
         (Kind::Dir, PARENT_MODE)
     );
-    let wide = DirAttrs {
-        mode: 0o777,
-        uid: None,
-        gid: None,
-        stamp: None,
-    };
+    let wide = RWX;
     share.create_dir(&p(base, "wide"), wide).await.unwrap();
     assert_eq!(
         share.stat(&p(base, "wide")).await.unwrap().unwrap().mode & 0o7777,
@@ -86,12 +89,7 @@ pub async fn create_is_idempotent_and_applies_attrs<S: Share>(share: &S, base: &
 }
 
 pub async fn remove_and_rename_are_idempotent<S: Share>(share: &S, base: &str) {
-    let attrs = DirAttrs {
-        mode: 0o777,
-        uid: None,
-        gid: None,
-        stamp: None,
-    };
+    let attrs = RWX;
     share.create_dir(&p(base, "r/a"), attrs).await.unwrap();
     assert!(matches!(
         share.remove_tree(&p(base, "r/a")).await.unwrap(),
@@ -192,12 +190,7 @@ pub async fn removal_never_follows_symlinks<S: Share>(
 
     // A symlink planted as a parent must not redirect creation or removal.
     std::os::unix::fs::symlink(outside.path(), disk.join("evil")).unwrap();
-    let attrs = DirAttrs {
-        mode: 0o777,
-        uid: None,
-        gid: None,
-        stamp: None,
-    };
+    let attrs = RWX;
     assert!(matches!(
         share.create_dir(&p(base, "evil/x"), attrs).await,
         Err(BackendError::Symlink { .. })

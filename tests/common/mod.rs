@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,4 +79,25 @@ pub fn unique(prefix: &str) -> String {
         "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// A name of the test's own below an export (the test makes the directory); whatever is
+/// there is removed when the test ends, passed or failed.
+pub struct Scratch {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub fn scratch(export: &Path, prefix: &str) -> Scratch {
+    let name = unique(prefix);
+    Scratch {
+        path: export.join(&name),
+        name,
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }

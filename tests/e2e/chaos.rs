@@ -180,48 +180,9 @@ fn ok_if_exists<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-/// Lists through outages: None while the API server does not answer.
-async fn try_claims(client: &kube::Client, ns: &str) -> Option<Vec<PersistentVolumeClaim>> {
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .ok()
-        .map(|l| l.items)
-}
-
-async fn try_volumes(client: &kube::Client, ns: &str) -> Option<Vec<PersistentVolume>> {
-    let all = Api::<PersistentVolume>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .ok()?;
-    Some(
-        all.items
-            .into_iter()
-            .filter(|pv| {
-                pv.spec
-                    .as_ref()
-                    .and_then(|s| s.claim_ref.as_ref())
-                    .and_then(|c| c.namespace.as_deref())
-                    == Some(ns)
-            })
-            .collect(),
-    )
-}
-
 /// `audit` of our PVs: (missing, orphans under `ns/`) on export1.
 fn audit(name: &str, ns: &str) -> (Vec<String>, Vec<String>) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nfs3-provisioner"))
-        .args(["audit", "--provisioner-name", name, "--output", "json"])
-        .args(["--server", "127.0.0.1", "--share", &export1()])
-        .env("KUBECONFIG", &cluster().sa_kubeconfig)
-        .output()
-        .expect("run audit");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "audit prints JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let (_, report) = run_audit(name, &["--server", "127.0.0.1", "--share", &export1()]);
     let share = report["shares"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["share"] == json!(export1())))
@@ -264,8 +225,8 @@ async fn chaos_200_claims_through_api_server_and_nfs_restarts() {
     eprintln!("chaos: seed {seed} (CHAOS_SEED repeats it)");
     let mut rng = Rng(seed);
     let started = Instant::now();
-    let client = admin().await;
-    let name = provisioner_name("chaos");
+    let fx = Fixture::new("chaos").await;
+    let (client, name) = (fx.client.clone(), fx.provisioner.clone());
     let _lease = the_lease(&client).await;
     let lease = LEASE_NAME.to_string();
     let elect = |pod| {
@@ -276,13 +237,12 @@ async fn chaos_200_claims_through_api_server_and_nfs_restarts() {
             ("POD_NAME", pod),
         ]
     };
-    let a = Provisioner::start(&name, "chaos-a", &elect("chaos-a"));
-    let b = Provisioner::start(&name, "chaos-b", &elect("chaos-b"));
-    let ns = namespace(&client, "chaos").await;
+    let a = fx.start("-a", &elect("chaos-a"));
+    let b = fx.start("-b", &elect("chaos-b"));
+    let ns = fx.namespace().await;
     let pattern = "${.PVC.namespace}/${.PVC.name}";
-    let (class_delete, class_archive) = (format!("{ns}-delete"), format!("{ns}-archive"));
-    create_class(&client, &class_delete, &name, json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete", "pathPattern": pattern})).await;
-    create_class(&client, &class_archive, &name, json!({"server": "127.0.0.1", "share": export1(), "onDelete": "archive", "pathPattern": pattern})).await;
+    let class_delete = fx.class("delete", json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete", "pathPattern": pattern})).await;
+    let class_archive = fx.class("archive", json!({"server": "127.0.0.1", "share": export1(), "onDelete": "archive", "pathPattern": pattern})).await;
     let names: Vec<(String, String)> = (0..CLAIMS)
         .map(|i| {
             if i % 2 == 0 {
@@ -299,17 +259,8 @@ async fn chaos_200_claims_through_api_server_and_nfs_restarts() {
     futures::stream::iter(names.clone())
         .for_each_concurrent(16, |(claim, class)| {
             let api = claims_api.clone();
-            let ns = ns.clone();
+            let pvc = fx.claim_object(&ns, &claim, &class, json!({}), json!({}));
             async move {
-                let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-                    "metadata": {"name": claim, "namespace": ns},
-                    "spec": {
-                        "storageClassName": class,
-                        "accessModes": ["ReadWriteMany"],
-                        "resources": {"requests": {"storage": "1Gi"}},
-                    },
-                }))
-                .expect("claim");
                 retry(
                     &format!("create {claim}"),
                     Duration::from_secs(90),
@@ -410,9 +361,4 @@ async fn chaos_200_claims_through_api_server_and_nfs_restarts() {
         a.metric("nfs3_provisioner_leader").is_some()
             && b.metric("nfs3_provisioner_leader").is_some()
     );
-
-    let _ = std::fs::remove_dir_all(common::nfs().export1.join(&ns));
-    delete_class(&client, &class_delete).await;
-    delete_class(&client, &class_archive).await;
-    delete_namespace(&client, &ns).await;
 }

@@ -14,7 +14,11 @@ use super::*;
 const LEADER: &str = "nfs3_provisioner_leader";
 const PROVISIONED: &str = "nfs3_provisioner_provision_total{result=\"success\"}";
 
-fn elect_env<'a>(lease: &'a str, seconds: &'a str, pod: &'a str) -> [(&'a str, &'a str); 4] {
+pub(super) fn elect_env<'a>(
+    lease: &'a str,
+    seconds: &'a str,
+    pod: &'a str,
+) -> [(&'a str, &'a str); 4] {
     [
         ("LEADER_ELECT", "true"),
         ("LEASE_NAME", lease),
@@ -63,27 +67,20 @@ async fn holder_of(client: &kube::Client, lease: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_lease_over_in_under_3_s() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
-    let name = provisioner_name("handover");
+    let fx = Fixture::new("handover").await;
+    let client = fx.client.clone();
     let _lease = the_lease(&client).await;
     let lease = LEASE_NAME.to_string();
-    let mut a = Provisioner::start(&name, "handover-a", &elect_env(&lease, "15", "replica-a"));
+    let mut a = fx.start("-a", &elect_env(&lease, "15", "replica-a"));
     leads(&a, "replica-a to lead").await;
-    let b = Provisioner::start(&name, "handover-b", &elect_env(&lease, "15", "replica-b"));
+    let b = fx.start("-b", &elect_env(&lease, "15", "replica-b"));
     ready_standby_of(&b, "replica-a").await;
 
-    let ns = namespace(&client, "handover").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
-    )
-    .await;
+    let ns = fx.namespace().await;
+    let class = fx.class("c", delete_on(&export1())).await;
     for i in 0..5 {
-        create_claim(&client, &ns, &format!("first-{i}"), &class, json!({})).await;
+        fx.claim(&ns, &format!("first-{i}"), &class, json!({}))
+            .await;
     }
     all_bound(&client, &ns, 5, Duration::from_secs(60), &a).await;
 
@@ -121,14 +118,12 @@ async fn sigterm_hands_the_lease_over_in_under_3_s() {
     );
 
     for i in 0..5 {
-        create_claim(&client, &ns, &format!("second-{i}"), &class, json!({})).await;
+        fx.claim(&ns, &format!("second-{i}"), &class, json!({}))
+            .await;
     }
     all_bound(&client, &ns, 10, Duration::from_secs(60), &b).await;
     assert_eq!(volumes_of(&client, &ns).await.len(), 10);
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(60), &b).await;
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(60), &b).await;
 }
 
 /// A TCP relay to the API server that the test can cut: connections under way are
@@ -222,8 +217,8 @@ fn port_of(server: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_over() {
     let _shared = EXCLUSIVE.read().await;
-    common::nfs();
-    let client = admin().await;
+    let fx = Fixture::new("cutoff").await;
+    let client = fx.client.clone();
     let text = std::fs::read_to_string(&cluster().sa_kubeconfig).expect("read SA kubeconfig");
     let api_port = port_of(
         text.lines()
@@ -235,30 +230,31 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     let via = kubeconfig_via(relay.port, dir.path());
     let via = via.to_str().expect("utf-8 path");
 
-    let name = provisioner_name("cutoff");
     let _lease = the_lease(&client).await;
     let lease = LEASE_NAME.to_string();
     let env_a = elect_env(&lease, "6", "replica-a");
-    let a = Provisioner::start(
-        &name,
-        "cutoff-a",
+    let a = fx.start(
+        "-a",
         &[env_a[0], env_a[1], env_a[2], env_a[3], ("KUBECONFIG", via)],
     );
     leads(&a, "replica-a to lead").await;
-    let b = Provisioner::start(&name, "cutoff-b", &elect_env(&lease, "6", "replica-b"));
+    let b = fx.start("-b", &elect_env(&lease, "6", "replica-b"));
     ready_standby_of(&b, "replica-a").await;
-    let ns = namespace(&client, "cutoff").await;
-    let class = format!("{ns}-c");
-    create_class(
-        &client,
-        &class,
-        &name,
-        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "delete"}),
+    let ns = fx.namespace().await;
+    let class = fx.class("c", delete_on(&export1())).await;
+    fx.claim(&ns, "before", &class, json!({})).await;
+    all_bound(&client, &ns, 1, Duration::from_secs(60), &a).await;
+    // Bound is the binder's doing: the provisioner counts its success just after the PV
+    // is made, so wait for the count rather than read it at once.
+    let a_provisioned = wait_for(
+        "replica-a to count its volume",
+        Duration::from_secs(30),
+        || {
+            let v = a.metric(PROVISIONED).filter(|v| *v >= 1.0);
+            async move { v }
+        },
     )
     .await;
-    create_claim(&client, &ns, "before", &class, json!({})).await;
-    all_bound(&client, &ns, 1, Duration::from_secs(60), &a).await;
-    let a_provisioned = a.metric(PROVISIONED).unwrap_or(0.0);
 
     relay.cut();
     let cut = Instant::now();
@@ -294,7 +290,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
     );
 
     relay.heal();
-    create_claim(&client, &ns, "after", &class, json!({})).await;
+    fx.claim(&ns, "after", &class, json!({})).await;
     all_bound(&client, &ns, 2, Duration::from_secs(60), &b).await;
     // Back in touch, replica-a reads the Lease and stands by.
     ready_standby_of(&a, "replica-b").await;
@@ -306,8 +302,5 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_standby_takes_ove
         Some("replica-b")
     );
     assert_eq!(volumes_of(&client, &ns).await.len(), 2);
-    delete_claims(&client, &ns).await;
-    volumes_gone(&client, &ns, Duration::from_secs(60), &b).await;
-    delete_class(&client, &class).await;
-    delete_namespace(&client, &ns).await;
+    fx.reclaim_all(&ns, Duration::from_secs(60), &b).await;
 }
