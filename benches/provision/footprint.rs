@@ -20,11 +20,31 @@ impl Bench {
     pub(crate) async fn footprint(&self, n: usize, subjects: &[Subject]) -> Vec<RunResult> {
         let mut results = vec![];
         let ns = format!("nfs3p-bench-limit-fp{n}");
+        // BENCH_FOOTPRINT_REUSE: the objects of an earlier, stopped run are still there
+        // (making 20 000 pairs takes minutes on a loaded machine): measure among them as
+        // they are, and leave them for `cluster.sh down --purge`.
+        let reuse = std::env::var("BENCH_FOOTPRINT_REUSE").is_ok_and(|v| !v.is_empty());
+        let track = watch_claims(&self.client, &ns);
         let prep = async {
+            if reuse {
+                let have = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
+                    .list_metadata(&ListParams::default())
+                    .await?
+                    .items
+                    .len();
+                log(format!("footprint: reusing {have} claims in {ns}"));
+                // The Bound count comes from the watches: let them list first.
+                let t0 = Instant::now();
+                while track.started.load(Ordering::SeqCst) < 2
+                    && t0.elapsed() < Duration::from_secs(120)
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                return Ok(());
+            }
             delete_namespace_and_wait(&self.client, &ns, Duration::from_secs(120)).await;
             create_namespace(&self.client, &ns).await?;
             let class = create_class(&self.client, Subject::Limit).await?;
-            let track = watch_claims(&self.client, &ns);
             log(format!(
                 "footprint: creating {n} pre-bound volumes and claims"
             ));
@@ -61,6 +81,9 @@ impl Bench {
                     ..Default::default()
                 };
                 r.loadavg_start = loadavg();
+                // How many of the claims were Bound when this subject started.
+                r.provision.n = n;
+                r.provision.done = track.bound.lock().unwrap().len();
                 if s == Subject::Incumbent {
                     self.forget_incumbent_leader();
                 }
@@ -108,16 +131,18 @@ impl Bench {
                 results.push(r);
             }
         }
-        let _ = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
-        let _ = Api::<PersistentVolume>::all(self.client.clone())
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels("nfs3p-bench=limit"),
-            )
-            .await;
-        delete_namespace_and_wait(&self.client, &ns, Duration::from_secs(300)).await;
+        if !reuse {
+            let _ = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), &ns)
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await;
+            let _ = Api::<PersistentVolume>::all(self.client.clone())
+                .delete_collection(
+                    &DeleteParams::default(),
+                    &ListParams::default().labels("nfs3p-bench=limit"),
+                )
+                .await;
+            delete_namespace_and_wait(&self.client, &ns, Duration::from_secs(300)).await;
+        }
         results
     }
 }

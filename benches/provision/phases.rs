@@ -442,9 +442,18 @@ impl Bench {
         let meter = PhaseMeter::begin(&self.sampler, p.pid());
         let before = flow_counts(&self.env)?;
         let t0 = Instant::now();
-        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await?;
+        // The deletecollection call itself can outlast the client's read timeout on a
+        // loaded API server (it answers once every claim is marked): the watches time
+        // the reclaim, so the call runs beside them and a late answer is only logged.
+        let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns);
+        tokio::spawn(async move {
+            if let Err(e) = claims
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await
+            {
+                log(format!("reclaim: deletecollection of the claims: {e}"));
+            }
+        });
         let dirs_left = Mutex::new(dirs.clone());
         let dirs_done: Mutex<Option<f64>> = Mutex::new(None);
         let ended = self

@@ -236,12 +236,13 @@ pub(crate) fn write_outputs(
     )?;
     let mut md = markdown(results, meta);
     if !fps.is_empty() {
-        md.push_str("## Footprint among pre-existing volumes\n\nN pre-bound PVs and claims made by the bench (not provisioned by either); the provisioner is started among them, measured 30 s after ready, then SIGKILLed and started again.\n\n| subject | PVs+claims | start to ready (s) | RSS 30 s after ready (MiB) | VmHWM (MiB) | CPU to then (s) | restart to ready (s) | restart: API writes / requests (to ready+10s) | RSS after restart (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("## Footprint among pre-existing volumes\n\nN pre-bound PVs and claims made by the bench (not provisioned by either); the provisioner is started among them, measured 30 s after ready, then SIGKILLed and started again.\n\n| subject | PVs+claims | claims Bound at start | start to ready (s) | RSS 30 s after ready (MiB) | VmHWM (MiB) | CPU to then (s) | restart to ready (s) | restart: API writes / requests (to ready+10s) | RSS after restart (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &fps {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
                 r.subject.map(|s| s.name()).unwrap_or(""),
                 r.n,
+                r.provision.done,
                 fmt(r.cold_start_s, 2),
                 fmt(r.idle_fp.as_ref().map(|f| f.rss_end_mb), 1),
                 fmt(r.idle_fp.as_ref().map(|f| f.hwm_mb), 1),
