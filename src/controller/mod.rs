@@ -200,8 +200,6 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 // The reconcilers against a scripted API server, in src/controller/tests/.
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     mod harness;
     mod provisioning;
     mod reclaiming;

@@ -21,7 +21,7 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use crate::backend::{BackendConfig, Shares};
-pub(crate) use crate::controller::ANN_STRIPPED;
+pub(crate) use crate::controller::cache::ANN_STRIPPED;
 use crate::controller::cached_volume::CachedVolume;
 use crate::controller::{Context, Error, error_policy, provision, reclaim};
 use crate::params::Defaults;
