@@ -415,11 +415,19 @@ pub async fn run(
         admin_made(),
         strip,
     );
-    let (volumes, volume_events) = cached(
-        Api::<CachedVolume>::all(client.clone()),
-        admin_made(),
-        strip,
-    );
+    // The provisioner's name is in the context, made once the stores exist; the streams
+    // run only after that. Until it is set, nothing is cut.
+    let provisioner = Arc::new(std::sync::OnceLock::<String>::new());
+    let (volumes, volume_events) =
+        cached(Api::<CachedVolume>::all(client.clone()), admin_made(), {
+            let provisioner = provisioner.clone();
+            move |pv: &mut CachedVolume| {
+                strip(pv);
+                if let Some(p) = provisioner.get() {
+                    pv.strip_foreign(p);
+                }
+            }
+        });
     let served = Arc::new(RwLock::new(Served::default()));
     // Claims are made by tenants, up to about 1.5 MB each: listed in small pages (the API
     // server ignores page sizes for lists from its cache), each stripped before the
@@ -436,6 +444,7 @@ pub async fn run(
         },
     );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
+    let _ = provisioner.set(ctx.provisioner.clone());
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.
