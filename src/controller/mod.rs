@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::WatchParams;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -399,6 +400,30 @@ where
     (reader, stream)
 }
 
+/// Whether the API server sends a watch's initial list as events (streaming lists, the
+/// WatchList feature: beta but off by default in Kubernetes 1.33, which refuses such a
+/// watch with 422). A streamed list holds one object at a time where a listed page holds
+/// all of its own, and needs no round trip per page. Asked once, with a selector no claim
+/// has, so the answer carries no objects; anything but a yes falls back to lists.
+async fn streams_lists(client: &Client) -> bool {
+    let probe = WatchParams::streaming_lists()
+        .labels("nfs3-provisioner.io/streaming-list-probe")
+        .timeout(1);
+    match Api::<PersistentVolumeClaim>::all(client.clone())
+        .watch(&probe, "0")
+        .await
+    {
+        Ok(_) => {
+            info!("API server streams initial lists: caches are filled from watches");
+            true
+        }
+        Err(e) => {
+            info!(answer = %e, "API server does not stream initial lists: caches are filled from lists");
+            false
+        }
+    }
+}
+
 /// Runs both controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -407,9 +432,16 @@ pub async fn run(
     ready: Arc<crate::http::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let streaming = streams_lists(&client).await;
     // Classes and PVs are made by the cluster's admins: listed from the API server's
-    // cache, whole.
-    let admin_made = || watcher::Config::default().any_semantic();
+    // cache, whole, unless it can stream them.
+    let admin_made = || {
+        if streaming {
+            watcher::Config::default().streaming_lists()
+        } else {
+            watcher::Config::default().any_semantic()
+        }
+    };
     let (classes, class_events) = cached(
         Api::<StorageClass>::all(client.clone()),
         admin_made(),
@@ -429,10 +461,15 @@ pub async fn run(
             }
         });
     let served = Arc::new(RwLock::new(Served::default()));
-    // Claims are made by tenants, up to about 1.5 MB each: listed in small pages (the API
-    // server ignores page sizes for lists from its cache), each stripped before the
-    // next is read, so a tenant's bloated claims never sit in memory together.
-    let tenant_made = watcher::Config::default().page_size(CLAIM_PAGE_SIZE);
+    // Claims are made by tenants, up to about 1.5 MB each: streamed one at a time where
+    // the API server can, otherwise listed in small pages (the API server ignores page
+    // sizes for lists from its cache); each is stripped before the next is read, so a
+    // tenant's bloated claims never sit in memory together.
+    let tenant_made = if streaming {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default().page_size(CLAIM_PAGE_SIZE)
+    };
     let (claims, claim_events) = cached(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         tenant_made,
