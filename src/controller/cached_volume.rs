@@ -200,6 +200,51 @@ mod tests {
     }
 
     #[test]
+    fn managed_fields_are_not_kept_and_foreign_volumes_keep_what_directory_checks_read() {
+        let json = |by: &str| {
+            serde_json::json!({
+                "metadata": {
+                    "name": "pv-1", "uid": "u", "resourceVersion": "7",
+                    "labels": {"team": "a"},
+                    "annotations": {"pv.kubernetes.io/provisioned-by": by},
+                    "finalizers": ["kubernetes.io/pv-protection"],
+                    "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]
+                },
+                "spec": {
+                    "nfs": {"server": "s", "path": "/srv/x"},
+                    "claimRef": {"namespace": "ns", "name": "c", "uid": "cu"},
+                    "persistentVolumeReclaimPolicy": "Delete"
+                },
+                "status": {"phase": "Released", "message": "m"}
+            })
+        };
+        let mut foreign: CachedVolume = serde_json::from_value(json("other")).unwrap();
+        assert!(foreign.metadata.managed_fields.is_none());
+        assert_eq!(foreign.metadata.resource_version.as_deref(), Some("7"));
+        foreign.strip_foreign("ours");
+        assert!(foreign.metadata.annotations.is_none() && foreign.metadata.labels.is_none());
+        assert!(foreign.metadata.finalizers.is_none());
+        assert_eq!(foreign.metadata.name.as_deref(), Some("pv-1"));
+        assert_eq!(foreign.nfs_path(), Some("/srv/x"));
+        let spec = foreign.spec.as_ref().unwrap();
+        let cref = spec.claim_ref.as_ref().unwrap();
+        assert_eq!(cref.namespace.as_deref(), Some("ns"));
+        assert!(cref.name.is_none() && cref.uid.is_none());
+        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        let status = foreign.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Released"));
+        assert!(status.message.is_none());
+        assert!(crate::controller::directories::releasing(&foreign));
+
+        // Ours stays whole: reclaim reads its annotations, finalizers and claim.
+        let mut ours: CachedVolume = serde_json::from_value(json("ours")).unwrap();
+        ours.strip_foreign("ours");
+        let whole: CachedVolume = serde_json::from_value(json("ours")).unwrap();
+        assert_eq!(ours.to_volume(), whole.to_volume());
+        assert!(ours.metadata.finalizers.is_some());
+    }
+
+    #[test]
     fn a_volume_without_spec_or_status_is_accepted() {
         let cached: CachedVolume =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
