@@ -230,7 +230,10 @@ mod tests {
         let cref = spec.claim_ref.as_ref().unwrap();
         assert_eq!(cref.namespace.as_deref(), Some("ns"));
         assert!(cref.name.is_none() && cref.uid.is_none());
-        assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
         let status = foreign.status.as_ref().unwrap();
         assert_eq!(status.phase.as_deref(), Some("Released"));
         assert!(status.message.is_none());
