@@ -519,3 +519,61 @@ async fn huge_claim_metadata_does_not_grow_the_provisioner() {
     assert!(peak_running < 120 * 1024, "{peak_running} KiB");
     assert!(peak_restart < 120 * 1024, "{peak_restart} KiB");
 }
+
+/// deploy/base's memory limit for the provisioner (`limits.memory`), in KiB.
+const MEMORY_LIMIT_KIB: u64 = 192 * 1024;
+
+/// A tenant's many claims, each near the API server's cap on annotations (256 KiB an
+/// object): 1000 with 200 KiB each are 200 MB, several times the memory limit of
+/// deploy/. Claims are read a page (or, streamed, one claim) at a time and cut before
+/// the next: the peak over a restart that reads all of them stays under the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_claims_with_200_kib_of_annotations_stay_under_the_memory_limit() {
+    use futures::{StreamExt, TryStreamExt};
+    const CLAIMS: usize = 1000;
+    let mut s = Scene::new("annot").await;
+    let ns = s.namespace(None).await;
+    wait_for("ready", BIND, || async {
+        s.p.http_get("/readyz").filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let value = "a".repeat(50 * 1024);
+    let annotations: serde_json::Map<String, serde_json::Value> = (0..4)
+        .map(|i| (format!("bloat.example.com/a{i}"), json!(value)))
+        .collect();
+    let api =
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(s.client.clone(), &ns);
+    futures::stream::iter(0..CLAIMS)
+        .map(|i| {
+            // A class nobody serves: the claims stay Pending and untouched, as a
+            // tenant's would.
+            let pvc = serde_json::from_value(json!({
+                "metadata": {"name": format!("a-{i:04}"), "namespace": ns, "annotations": annotations},
+                "spec": {
+                    "storageClassName": format!("{ns}-none"),
+                    "accessModes": ["ReadWriteMany"],
+                    "resources": {"requests": {"storage": "1Mi"}},
+                }
+            }));
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &pvc.map_err(|e| e.to_string())?).await.map_err(|e| e.to_string()) }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("create annotated claims");
+    let peak_running = s.p.status_kib("VmHWM").expect("peak RSS");
+    s.p.restart();
+    wait_for("ready after restart", BIND, || async {
+        s.p.http_get("/readyz").filter(|(c, _)| *c == 200)
+    })
+    .await;
+    let peak_restart = s.p.status_kib("VmHWM").expect("peak RSS");
+    let rss = s.p.status_kib("VmRSS").expect("RSS");
+    eprintln!(
+        "{CLAIMS} claims with 200 KiB of annotations: peak RSS while they arrived {peak_running} KiB, over a restart listing them {peak_restart} KiB, RSS after {rss} KiB"
+    );
+    // 200 MB were read; holding a fifth of them at once would fail this.
+    assert!(peak_running < MEMORY_LIMIT_KIB, "{peak_running} KiB");
+    assert!(peak_restart < MEMORY_LIMIT_KIB, "{peak_restart} KiB");
+}

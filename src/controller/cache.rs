@@ -192,6 +192,30 @@ where
     }
 }
 
+/// Whether the API server sends a watch's initial list as events (streaming lists, the
+/// WatchList feature: beta but off by default in Kubernetes 1.33, which refuses such a
+/// watch with 422). A streamed list holds one object at a time where a listed page holds
+/// all of its own, and needs no round trip per page. Asked once, with a selector no claim
+/// has, so the answer carries no objects; anything but a yes falls back to lists.
+pub(super) async fn streams_lists(client: &kube::Client) -> bool {
+    let probe = kube::api::WatchParams::streaming_lists()
+        .labels("nfs3-provisioner.io/streaming-list-probe")
+        .timeout(1);
+    match kube::Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::all(client.clone())
+        .watch(&probe, "0")
+        .await
+    {
+        Ok(_) => {
+            tracing::info!("API server streams initial lists: caches are filled from watches");
+            true
+        }
+        Err(e) => {
+            tracing::info!(answer = %e, "API server does not stream initial lists: caches are filled from lists");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,16 +5,26 @@
 //! holds every PV of the cluster, not only ours. This type keeps the metadata, the
 //! three spec fields reclaim reads and the status; a reconcile turns it back into a
 //! `PersistentVolume` with [`CachedVolume::to_volume`].
+//!
+//! Metadata is read without `managedFields` (skipped while parsing, never built: they
+//! are most of a listed PV's size), and [`CachedVolume::strip_foreign`] cuts the PVs of
+//! other provisioners, usually nearly all of a big cluster's, to what the directory
+//! checks read.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
     PersistentVolumeStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Deserialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use serde::{Deserialize, Deserializer};
+
+use crate::plan;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CachedVolume {
+    #[serde(deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Option<CachedVolumeSpec>,
@@ -33,7 +43,80 @@ pub struct CachedVolumeSpec {
     pub persistent_volume_reclaim_policy: Option<String>,
 }
 
+/// The metadata fields anything here reads. Unknown fields, `managedFields` among them,
+/// are skipped by the parser without being built.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    finalizers: Option<Vec<String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = SlimMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        generation: m.generation,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        labels: m.labels,
+        annotations: m.annotations,
+        finalizers: m.finalizers,
+        owner_references: m.owner_references,
+        ..Default::default()
+    })
+}
+
 impl CachedVolume {
+    /// Whether `provisioner` made this volume: only those are reclaimed.
+    pub fn provisioned_by(&self, provisioner: &str) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(plan::ANN_PROVISIONED_BY))
+            .is_some_and(|p| p == provisioner)
+    }
+
+    /// Cuts a volume another provisioner made to what the directory checks read (name,
+    /// deletion, NFS path, the claim's namespace, reclaim policy, phase): reclaim skips it
+    /// for its missing provisioned-by annotation, as it would have with the annotation.
+    /// An update that makes it ours arrives whole and is kept whole.
+    pub fn strip_foreign(&mut self, provisioner: &str) {
+        if self.provisioned_by(provisioner) {
+            return;
+        }
+        let meta = &mut self.metadata;
+        meta.annotations = None;
+        meta.labels = None;
+        meta.finalizers = None;
+        meta.owner_references = None;
+        meta.creation_timestamp = None;
+        if let Some(spec) = self.spec.as_mut() {
+            spec.claim_ref = spec.claim_ref.take().map(|r| ObjectReference {
+                namespace: r.namespace,
+                ..Default::default()
+            });
+        }
+        self.status = self.status.take().map(|s| PersistentVolumeStatus {
+            phase: s.phase,
+            ..Default::default()
+        });
+    }
+
     pub fn to_volume(&self) -> PersistentVolume {
         PersistentVolume {
             metadata: self.metadata.clone(),
@@ -114,6 +197,54 @@ mod tests {
         assert_eq!(cached.nfs_path(), Some("/srv/a/dir"));
         // What the slim form is for.
         assert!(std::mem::size_of::<CachedVolume>() * 4 < std::mem::size_of::<PersistentVolume>());
+    }
+
+    #[test]
+    fn managed_fields_are_not_kept_and_foreign_volumes_keep_what_directory_checks_read() {
+        let json = |by: &str| {
+            serde_json::json!({
+                "metadata": {
+                    "name": "pv-1", "uid": "u", "resourceVersion": "7",
+                    "labels": {"team": "a"},
+                    "annotations": {"pv.kubernetes.io/provisioned-by": by},
+                    "finalizers": ["kubernetes.io/pv-protection"],
+                    "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {}}}]
+                },
+                "spec": {
+                    "nfs": {"server": "s", "path": "/srv/x"},
+                    "claimRef": {"namespace": "ns", "name": "c", "uid": "cu"},
+                    "persistentVolumeReclaimPolicy": "Delete"
+                },
+                "status": {"phase": "Released", "message": "m"}
+            })
+        };
+        let mut foreign: CachedVolume = serde_json::from_value(json("other")).unwrap();
+        assert!(foreign.metadata.managed_fields.is_none());
+        assert_eq!(foreign.metadata.resource_version.as_deref(), Some("7"));
+        foreign.strip_foreign("ours");
+        assert!(foreign.metadata.annotations.is_none() && foreign.metadata.labels.is_none());
+        assert!(foreign.metadata.finalizers.is_none());
+        assert_eq!(foreign.metadata.name.as_deref(), Some("pv-1"));
+        assert_eq!(foreign.nfs_path(), Some("/srv/x"));
+        let spec = foreign.spec.as_ref().unwrap();
+        let cref = spec.claim_ref.as_ref().unwrap();
+        assert_eq!(cref.namespace.as_deref(), Some("ns"));
+        assert!(cref.name.is_none() && cref.uid.is_none());
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Delete")
+        );
+        let status = foreign.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Released"));
+        assert!(status.message.is_none());
+        assert!(crate::controller::directories::releasing(&foreign));
+
+        // Ours stays whole: reclaim reads its annotations, finalizers and claim.
+        let mut ours: CachedVolume = serde_json::from_value(json("ours")).unwrap();
+        ours.strip_foreign("ours");
+        let whole: CachedVolume = serde_json::from_value(json("ours")).unwrap();
+        assert_eq!(ours.to_volume(), whole.to_volume());
+        assert!(ours.metadata.finalizers.is_some());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tracing::info;
 
 use crate::backend::Shares;
 use crate::params::Defaults;
-use cache::{CLAIM_PAGE_SIZE, Served, cached, strip, strip_claim, synced};
+use cache::{CLAIM_PAGE_SIZE, Served, cached, streams_lists, strip, strip_claim, synced};
 use cached_volume::CachedVolume;
 pub(crate) use retry::Reclaimed;
 use retry::error_policy;
@@ -84,24 +84,44 @@ pub async fn run(
     ready: Arc<crate::health::Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let streaming = streams_lists(&client).await;
     // Classes and PVs are made by the cluster's admins: listed from the API server's
-    // cache, whole.
-    let admin_made = || watcher::Config::default().any_semantic();
+    // cache, whole, unless it can stream them.
+    let admin_made = || {
+        if streaming {
+            watcher::Config::default().streaming_lists()
+        } else {
+            watcher::Config::default().any_semantic()
+        }
+    };
     let (classes, class_events) = cached(
         Api::<StorageClass>::all(client.clone()),
         admin_made(),
         strip,
     );
-    let (volumes, volume_events) = cached(
-        Api::<CachedVolume>::all(client.clone()),
-        admin_made(),
-        strip,
-    );
+    // The provisioner's name is in the context, made once the stores exist; the streams
+    // run only after that. Until it is set, nothing is cut.
+    let provisioner = Arc::new(std::sync::OnceLock::<String>::new());
+    let (volumes, volume_events) =
+        cached(Api::<CachedVolume>::all(client.clone()), admin_made(), {
+            let provisioner = provisioner.clone();
+            move |pv: &mut CachedVolume| {
+                strip(pv);
+                if let Some(p) = provisioner.get() {
+                    pv.strip_foreign(p);
+                }
+            }
+        });
     let served = Arc::new(RwLock::new(Served::default()));
-    // Claims are made by tenants, up to about 1.5 MB each: listed in small pages (the API
-    // server ignores page sizes for lists from its cache), each stripped before the
-    // next is read, so a tenant's bloated claims never sit in memory together.
-    let tenant_made = watcher::Config::default().page_size(CLAIM_PAGE_SIZE);
+    // Claims are made by tenants, up to about 1.5 MB each: streamed one at a time where
+    // the API server can, otherwise listed in small pages (the API server ignores page
+    // sizes for lists from its cache); each is stripped before the next is read, so a
+    // tenant's bloated claims never sit in memory together.
+    let tenant_made = if streaming {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default().page_size(CLAIM_PAGE_SIZE)
+    };
     let (claims, claim_events) = cached(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         tenant_made,
@@ -113,6 +133,7 @@ pub async fn run(
         },
     );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
+    let _ = provisioner.set(ctx.provisioner.clone());
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.
