@@ -77,7 +77,16 @@ async fn provision(
             .get_opt(pvc.metadata.name.as_deref().unwrap_or_default())
             .await?
         {
-            Some(c) if c.metadata.uid == pvc.metadata.uid => {
+            // The claim may have changed since it was cached (bound by the binder to a
+            // static PV, being deleted): decide again on what the API server holds now;
+            // its watch event brings any other outcome back through `reconcile`.
+            Some(c)
+                if c.metadata.uid == pvc.metadata.uid
+                    && matches!(
+                        plan::decide_claim(&c, Some(class), &ctx.provisioner),
+                        ClaimDecision::Provision
+                    ) =>
+            {
                 fresh = c;
                 &fresh
             }

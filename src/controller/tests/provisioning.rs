@@ -240,11 +240,8 @@ async fn a_claim_deleted_or_replaced_before_the_write_gets_nothing() {
 
 /// The same fresh read, answered by the claim now bound to a volume the binder found
 /// (a static PV that matched): provisioning for it would make a directory and a PV that
-/// nothing will use. The reconciler takes the fresh copy without deciding again (only
-/// its uid is compared), so today it does make both: this test shows it, and is ignored
-/// until the decision is taken on the fresh copy.
+/// nothing will use, so the decision is taken again on the fresh copy.
 #[tokio::test]
-#[ignore = "finding: a claim re-read bound to another volume is still provisioned"]
 async fn a_claim_found_bound_on_the_fresh_read_gets_nothing() {
     let mut h = Harness::start();
     h.add_class(class(&[(
