@@ -2,11 +2,12 @@
 //! `minFreePercent`), against the real control plane and nfs-ganesha.
 //!
 //! export1 and export2 are directories of one local filesystem, so FSSTAT reports the
-//! same free space for both (and the running ganesha does not serve a tmpfs mounted
-//! below an export: MOUNT answers MNT3ERR_ACCES). Placement by room is therefore shown
-//! with a per-export floor that makes one export "full" for real: the other one is
-//! chosen, where a tie would have gone to the first listed. Unreachable exports are a
-//! port where nothing listens, or the TCP proxy in front of ganesha refusing.
+//! same free space for both, give or take what other writers to that filesystem did
+//! between the two calls (and the running ganesha does not serve a tmpfs mounted below
+//! an export: MOUNT answers MNT3ERR_ACCES). Placement by room is therefore shown with a
+//! per-export floor that makes one export "full" for real, so the other one must be
+//! chosen. Unreachable exports are a port where nothing listens, or the TCP proxy in
+//! front of ganesha refusing.
 
 use std::time::UNIX_EPOCH;
 
@@ -77,12 +78,9 @@ async fn a_class_over_two_exports_places_by_room_and_passes_over_an_unreachable_
             ]),
         )
         .await;
-    // A tie goes to the first listed: without the directory an earlier attempt made on
-    // export2, this claim's volume would go to export1.
-    let tie = fx
-        .class("tie", shares(&[entry(&e1, ""), entry(&e2, "")]))
-        .await;
-    let resumed = fx.claim(&ns, "resumed", &tie, json!({})).await;
+    // export2 has no room in this class, but an earlier attempt for this claim made its
+    // directory there: that directory is used, and none is made on export1.
+    let resumed = fx.claim(&ns, "resumed", &to_e1, json!({})).await;
     let uid = resumed.metadata.uid.clone().expect("claim uid");
     let dir = format!("{ns}-resumed-pvc-{uid}");
     let made = Path::new(&e2).join(&dir);
