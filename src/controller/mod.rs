@@ -226,6 +226,7 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     mod harness;
+    mod placement;
     mod provisioning;
     mod reclaiming;
 }
