@@ -8,6 +8,11 @@ use thiserror::Error;
 
 use crate::path::{self, Dialect, PathError, TemplateError};
 
+pub mod quantity;
+pub mod shares;
+
+pub use shares::{Export, MinFree};
+
 /// Every key a class may carry; anything else is refused so a typo never silently
 /// changes where data goes or what happens to it on delete.
 pub const KNOWN_KEYS: &[&str] = &[
@@ -25,6 +30,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "directorySharing",
     "existingDirectory",
     "caseInsensitive",
+    "shares",
+    "minFreeBytes",
+    "minFreePercent",
 ];
 
 /// What happens to a directory when its PV is released with reclaim policy Delete.
@@ -118,6 +126,12 @@ pub enum ParamError {
         source: TemplateError,
     },
     #[error(
+        "parameter shares cannot be combined with server or share; list every export in shares"
+    )]
+    SharesWithServer,
+    #[error("parameter shares entry {entry:?} is invalid: {why}")]
+    Shares { entry: String, why: String },
+    #[error(
         "parameters onDelete={on_delete:?} and archiveOnDelete={archive:?} disagree; set only onDelete"
     )]
     Conflict { on_delete: String, archive: String },
@@ -145,6 +159,9 @@ pub struct ClassParams {
     pub existing: Existing,
     /// The server treats names case-insensitively, so `Data` and `data` are one directory.
     pub case_insensitive: bool,
+    /// Every export the class may place volumes on: those `shares` lists, or the one of
+    /// `server` and `share` (the fields above name the first).
+    pub exports: Vec<Export>,
 }
 
 /// Default directory mode: what nfs-subdir-external-provisioner users expect, so any
@@ -161,13 +178,17 @@ impl ClassParams {
         }
         let get = |k: &str| params.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
 
-        let server = get("server")
-            .map(str::to_string)
+        let listed = shares::listed(get("shares"), get("server").or(get("share")).is_some())?;
+        let first = listed.as_ref().and_then(|l| l.first());
+        let server = first
+            .map(|e| e.server.clone())
+            .or_else(|| get("server").map(str::to_string))
             .or_else(|| defaults.server.clone())
             .ok_or(ParamError::NoServer)?;
         validate_server(&server)?;
-        let raw_share = get("share")
-            .map(str::to_string)
+        let raw_share = first
+            .map(|e| e.share.clone())
+            .or_else(|| get("share").map(str::to_string))
             .or_else(|| defaults.share.clone())
             .ok_or(ParamError::NoShare)?;
         let share = path::normalize_share(&raw_share)
@@ -177,6 +198,12 @@ impl ClassParams {
         let mount_port = get("mountPort")
             .map(|v| parse_port("mountPort", v))
             .transpose()?;
+        let min_free = MinFree::parse(get("minFreeBytes"), get("minFreePercent"))?;
+        let exports = shares::exports(listed, (&server, &share), (port, mount_port), min_free);
+        // With `shares`, the single-export fields name the first export, ports included.
+        let (port, mount_port) = exports
+            .first()
+            .map_or((port, mount_port), |e| (e.port, e.mount_port));
 
         let template = match (get("pathPattern"), get("subDir")) {
             (Some(_), Some(_)) => return Err(ParamError::BothTemplates),
@@ -251,6 +278,7 @@ impl ClassParams {
             sharing,
             existing,
             case_insensitive,
+            exports,
         })
     }
 }

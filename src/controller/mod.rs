@@ -6,6 +6,7 @@ mod cache;
 pub mod cached_volume;
 mod directories;
 mod events;
+mod placement;
 mod provision;
 mod reclaim;
 mod retry;
@@ -49,6 +50,8 @@ pub struct Context {
     /// more event for it (deletion timestamp set, our finalizer still on) from before
     /// the finalizer went; this spares running the idempotent steps again for it.
     reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
+    /// The export chosen for each claim of a class over several exports.
+    placements: placement::Placements,
 }
 
 impl Context {
@@ -72,6 +75,7 @@ impl Context {
             directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
+            placements: Default::default(),
         }
     }
 }
@@ -222,6 +226,7 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     mod harness;
+    mod placement;
     mod provisioning;
     mod reclaiming;
 }

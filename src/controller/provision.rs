@@ -95,7 +95,7 @@ async fn provision(
     } else {
         pvc
     };
-    let volume = match plan::plan_volume(pvc, class, &ctx.defaults, &ctx.provisioner) {
+    let mut volume = match plan::plan_volume(pvc, class, &ctx.defaults, &ctx.provisioner) {
         Ok(v) => v,
         Err(e) => {
             // Bad class parameters or a hostile template: nothing is touched. A change to
@@ -106,6 +106,10 @@ async fn provision(
             return Ok(Action::await_change());
         }
     };
+    // Before the directory is reserved: the export decides the path.
+    if let Some(stop) = super::placement::place(pvc, class, &mut volume, ctx).await {
+        return Ok(stop);
+    }
     // Checked against every PV and every provisioning under way, and held until our PV is
     // in the cache: two claims rendering the same directory cannot both pass.
     let reservation = match ctx.directories.reserve(&volume, &ctx.volumes) {
@@ -148,6 +152,7 @@ async fn provision(
         Ok(()) => {
             reservation.keep();
             ctx.succeeded(&uid_of(pvc));
+            ctx.placements.forget(&uid_of(pvc));
             info!(pv = pv_name, path = volume.full_path(), took = ?started.elapsed(), "provisioned");
             // The claim's owner sees this; it says no more than the claim itself shows.
             ctx.publish_detached(

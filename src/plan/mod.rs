@@ -6,7 +6,8 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`placement`]: which of a class's exports a new volume goes to, and when none has room.
 
 use thiserror::Error;
 
@@ -17,6 +18,7 @@ pub mod claim;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
+pub mod placement;
 pub mod reclaim;
 pub mod record;
 pub mod release;
@@ -66,6 +68,8 @@ pub enum PlanError {
     DataSource,
     #[error("the claim requests no storage size (spec.resources.requests.storage)")]
     NoSize,
+    #[error("the claim's requested storage size cannot be read: {0}")]
+    Size(String),
     #[error("the claim has no access modes")]
     NoAccessModes,
     #[error("the claim has no uid yet")]
