@@ -2,15 +2,17 @@
 //! to what the controllers read before it is stored (claims down to the labels and
 //! annotations the served templates use), and waiting for a cache's first full list.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -108,6 +110,8 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
     meta.finalizers = None;
     pvc.status = pvc.status.take().map(|s| PersistentVolumeClaimStatus {
         phase: s.phase,
+        // Expansion compares it with the request (`plan::expand`).
+        capacity: only_storage(s.capacity),
         ..Default::default()
     });
     let Some(spec) = pvc.spec.as_mut() else {
@@ -117,6 +121,11 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
         *spec = PersistentVolumeClaimSpec {
             volume_name: spec.volume_name.take(),
             storage_class_name: spec.storage_class_name.take(),
+            // The requested size, which expansion follows; nothing else of it.
+            resources: spec.resources.take().map(|r| VolumeResourceRequirements {
+                requests: only_storage(r.requests),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let meta = &mut pvc.metadata;
@@ -146,6 +155,12 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
             .get_or_insert_with(Default::default)
             .insert(ANN_STRIPPED.to_string(), String::new());
     }
+}
+
+/// The `storage` entry of a resource list, if any: the only one read.
+fn only_storage(list: Option<BTreeMap<String, Quantity>>) -> Option<BTreeMap<String, Quantity>> {
+    let storage = list?.remove_entry("storage")?;
+    Some(BTreeMap::from([storage]))
 }
 
 fn truncate(v: &mut String) {
@@ -233,11 +248,14 @@ mod tests {
             },
             "spec": {
                 "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
+                "resources": {"requests": {"storage": "1Gi", "example.com/x": "1"},
+                    "limits": {"storage": "5Gi"}},
                 "storageClassName": "nfs",
                 "volumeName": volume_name
             },
-            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi", "example.com/x": "1"},
+                "accessModes": ["ReadWriteMany"],
+                "conditions": [{"type": "Resizing", "status": "True"}]}
         }))
         .unwrap()
     }
@@ -253,9 +271,17 @@ mod tests {
         let spec = c.spec.as_ref().unwrap();
         assert_eq!(spec.volume_name.as_deref(), Some("pvc-u"));
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
-        assert!(spec.access_modes.is_none() && spec.resources.is_none());
-        assert_eq!(c.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
-        assert!(c.status.as_ref().unwrap().capacity.is_none());
+        assert!(spec.access_modes.is_none());
+        // Expansion reads the requested size and the capacity, and only those.
+        let requests = spec.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests["storage"].0, "1Gi");
+        assert!(spec.resources.as_ref().unwrap().limits.is_none());
+        let status = c.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Bound"));
+        assert_eq!(status.capacity.as_ref().unwrap().len(), 1);
+        assert_eq!(status.capacity.as_ref().unwrap()["storage"].0, "1Gi");
+        assert!(status.conditions.is_none() && status.access_modes.is_none());
         // Even with a class of ours, a claim that names a volume is left alone.
         let class = StorageClass {
             metadata: kube::api::ObjectMeta {
@@ -299,7 +325,7 @@ mod tests {
         assert_eq!(labels.len(), 1);
         assert_eq!(labels["team"], "a");
         assert!(c.spec.as_ref().unwrap().resources.is_some());
-        assert!(c.status.as_ref().unwrap().capacity.is_none());
+        assert!(c.status.as_ref().unwrap().conditions.is_none());
 
         // A claim of a class that is not ours keeps no label and only the annotations
         // every claim is read for.

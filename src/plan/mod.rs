@@ -6,7 +6,8 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`expand`]: growing a bound claim's volume, and [`quantity`], the sizes it compares.
 
 use thiserror::Error;
 
@@ -14,9 +15,11 @@ use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
 pub mod claim;
+pub mod expand;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
+pub mod quantity;
 pub mod reclaim;
 pub mod record;
 pub mod release;
