@@ -281,6 +281,15 @@ mod tests {
         .unwrap()
     }
 
+    /// What, claim, class, volume, and the decision wanted.
+    type Case = (
+        &'static str,
+        PersistentVolumeClaim,
+        Option<StorageClass>,
+        Option<PersistentVolume>,
+        ExpandDecision,
+    );
+
     fn expand(size: &str, grow_pv: bool) -> ExpandDecision {
         ExpandDecision::Expand(ExpandPlan {
             pv: "pvc-cu".into(),
@@ -306,13 +315,7 @@ mod tests {
         pv_deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
         let mut no_capacity = claim("2Gi", "1Gi");
         no_capacity.status.as_mut().unwrap().capacity = None;
-        let cases: Vec<(
-            &str,
-            PersistentVolumeClaim,
-            Option<StorageClass>,
-            Option<PersistentVolume>,
-            ExpandDecision,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "grows",
                 claim("2Gi", "1Gi"),
