@@ -157,10 +157,13 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
     }
 }
 
-/// The `storage` entry of a resource list, if any: the only one read.
+/// The `storage` entry of a resource list, if any: the only one read. Cut past the
+/// longest quantity expansion reads, which it then refuses as too large: a tenant's
+/// thousand-digit request is not kept whole for every bound claim.
 fn only_storage(list: Option<BTreeMap<String, Quantity>>) -> Option<BTreeMap<String, Quantity>> {
-    let storage = list?.remove_entry("storage")?;
-    Some(BTreeMap::from([storage]))
+    let (key, mut q) = list?.remove_entry("storage")?;
+    cut_to(&mut q.0, plan::quantity::MAX_LEN + 1);
+    Some(BTreeMap::from([(key, q)]))
 }
 
 fn truncate(v: &mut String) {
@@ -282,6 +285,32 @@ mod tests {
         assert_eq!(status.capacity.as_ref().unwrap().len(), 1);
         assert_eq!(status.capacity.as_ref().unwrap()["storage"].0, "1Gi");
         assert!(status.conditions.is_none() && status.access_modes.is_none());
+
+        // A thousand-digit request is kept only as far as it takes to refuse it.
+        let mut huge = claim(Some("pvc-u"));
+        let digits = "7".repeat(3000);
+        huge.spec
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests = Some(BTreeMap::from([("storage".to_string(), Quantity(digits))]));
+        strip_claim(&mut huge, &Served::default());
+        let kept = &huge
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests;
+        let kept = &kept.as_ref().unwrap()["storage"].0;
+        assert_eq!(kept.len(), plan::quantity::MAX_LEN + 1);
+        assert!(matches!(
+            plan::quantity::Size::parse(kept),
+            Err(plan::quantity::QuantityError::TooLarge(_))
+        ));
         // Even with a class of ours, a claim that names a volume is left alone.
         let class = StorageClass {
             metadata: kube::api::ObjectMeta {

@@ -104,16 +104,14 @@ pub fn decide_expansion(
     let (Some(request), Some(capacity)) = (requested(pvc), status_capacity(pvc)) else {
         return Skip("claim has no requested size or no capacity yet");
     };
-    let request_size = match Size::parse(request) {
-        Ok(s) => s,
-        Err(e) => return Refuse(e),
-    };
     // The claim's status was written by the binder or by us; a value we cannot read
     // means it is not a claim of ours to grow.
     let Ok(capacity) = Size::parse(capacity) else {
         return Skip("claim's capacity is not a quantity");
     };
-    if request_size <= capacity {
+    // A request we cannot read is refused, but only once the claim is known to be ours.
+    let request_size = Size::parse(request);
+    if request_size.as_ref().is_ok_and(|r| *r <= capacity) {
         return Skip("claim does not ask for more than it has");
     }
     let Some(class) = class else {
@@ -146,6 +144,10 @@ pub fn decide_expansion(
     if pv.metadata.deletion_timestamp.is_some() {
         return Skip("volume is being deleted");
     }
+    let request_size = match request_size {
+        Ok(s) => s,
+        Err(e) => return Refuse(e),
+    };
     // A PV capacity we cannot read is grown over: the claim's request is what it means.
     let grow_pv = pv_capacity(pv)
         .and_then(|c| Size::parse(c).ok())
@@ -418,7 +420,7 @@ mod tests {
             (
                 "class not ours",
                 claim("2Gi", "1Gi"),
-                Some(foreign_class),
+                Some(foreign_class.clone()),
                 Some(ours.clone()),
                 Skip("StorageClass names another provisioner"),
             ),
@@ -456,6 +458,35 @@ mod tests {
                 Some(yes.clone()),
                 Some(ours.clone()),
                 Refuse(QuantityError::TooLarge("1e30".into())),
+            ),
+            // Refused only when ours: others' claims get no word from us.
+            (
+                "too large, class not ours",
+                claim("1e30", "1Gi"),
+                Some(foreign_class.clone()),
+                Some(ours.clone()),
+                Skip("StorageClass names another provisioner"),
+            ),
+            (
+                "too large, class forbids",
+                claim("1e30", "1Gi"),
+                Some(class(Some(false))),
+                Some(ours.clone()),
+                Skip("StorageClass does not allow volume expansion"),
+            ),
+            (
+                "too large, PV not ours",
+                claim("1e30", "1Gi"),
+                Some(yes.clone()),
+                Some(pv("other.io/nfs", "cu", "1Gi")),
+                Skip("volume was not provisioned by this provisioner"),
+            ),
+            (
+                "too large, PV not cached",
+                claim("1e30", "1Gi"),
+                Some(yes.clone()),
+                None,
+                Wait("the claim's volume is not in the cache yet"),
             ),
         ];
         for (what, c, cl, p, want) in cases {

@@ -17,6 +17,11 @@ pub const MAX_BYTES: u128 = u128::MAX / NANO;
 
 const NANO: u128 = 1_000_000_000;
 
+/// Longest quantity read. The API server writes quantities in canonical form, which for
+/// any size up to [`MAX_BYTES`] is far shorter; a longer one (a tenant's thousand-digit
+/// request) is too large either way, and is not kept or echoed whole.
+pub const MAX_LEN: usize = 64;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum QuantityError {
     #[error("{0:?} is not a quantity")]
@@ -92,6 +97,11 @@ fn split_suffix(s: &str) -> Option<(&str, i32, u32)> {
 }
 
 fn parse(raw: &str) -> Result<Size, QuantityError> {
+    if raw.len() > MAX_LEN {
+        let mut shown: String = raw.chars().take(24).collect();
+        shown.push_str("...");
+        return Err(QuantityError::TooLarge(shown));
+    }
     let invalid = || QuantityError::Invalid(raw.to_string());
     let too_large = || QuantityError::TooLarge(raw.to_string());
     let s = raw.trim();
@@ -236,9 +246,15 @@ mod tests {
     }
 
     #[test]
-    fn a_long_string_is_cheap() {
-        // Leading zeros and a long fraction: linear, no big arithmetic.
-        let raw = format!("{}1.{}1", "0".repeat(100_000), "0".repeat(100_000));
+    fn a_long_string_is_refused_and_not_echoed() {
+        let raw = "7".repeat(3000);
+        let Err(QuantityError::TooLarge(shown)) = Size::parse(&raw) else {
+            panic!("a 3000-digit quantity is too large");
+        };
+        assert!(shown.len() < 40, "{shown}");
+        // Up to the limit, leading zeros and a long fraction are read exactly.
+        let raw = format!("{}1.{}1", "0".repeat(30), "0".repeat(31));
+        assert_eq!(raw.len(), MAX_LEN);
         assert_eq!(Size::parse(&raw).map(Size::bytes), Ok(2));
     }
 }
