@@ -108,26 +108,39 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
     let meta = &mut pvc.metadata;
     meta.owner_references = None;
     meta.finalizers = None;
-    pvc.status = pvc.status.take().map(|s| PersistentVolumeClaimStatus {
-        phase: s.phase,
-        // Expansion compares it with the request (`plan::expand`).
-        capacity: only_storage(s.capacity),
-        ..Default::default()
+    let mut capacity = None;
+    pvc.status = pvc.status.take().map(|s| {
+        capacity = only_storage(s.capacity);
+        PersistentVolumeClaimStatus {
+            phase: s.phase,
+            ..Default::default()
+        }
     });
     let Some(spec) = pvc.spec.as_mut() else {
         return;
     };
     if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        let requests = spec.resources.take().and_then(|r| only_storage(r.requests));
+        let size = |m: &Option<BTreeMap<String, Quantity>>| {
+            m.as_ref()
+                .and_then(|m| m.get("storage"))
+                .map(|q| q.0.clone())
+        };
+        // A bound claim asking for more keeps both sizes for expansion; the others,
+        // nearly all, keep neither.
+        let grows = plan::expand::may_grow(size(&requests).as_deref(), size(&capacity).as_deref());
         *spec = PersistentVolumeClaimSpec {
             volume_name: spec.volume_name.take(),
             storage_class_name: spec.storage_class_name.take(),
-            // The requested size, which expansion follows; nothing else of it.
-            resources: spec.resources.take().map(|r| VolumeResourceRequirements {
-                requests: only_storage(r.requests),
+            resources: grows.then(|| VolumeResourceRequirements {
+                requests,
                 ..Default::default()
             }),
             ..Default::default()
         };
+        if grows && let Some(status) = pvc.status.as_mut() {
+            status.capacity = capacity;
+        }
         let meta = &mut pvc.metadata;
         meta.annotations = None;
         meta.labels = None;
@@ -274,14 +287,27 @@ mod tests {
         let spec = c.spec.as_ref().unwrap();
         assert_eq!(spec.volume_name.as_deref(), Some("pvc-u"));
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
-        assert!(spec.access_modes.is_none());
-        // Expansion reads the requested size and the capacity, and only those.
-        let requests = spec.resources.as_ref().unwrap().requests.as_ref().unwrap();
-        assert_eq!(requests.len(), 1);
-        assert_eq!(requests["storage"].0, "1Gi");
-        assert!(spec.resources.as_ref().unwrap().limits.is_none());
+        assert!(spec.access_modes.is_none() && spec.resources.is_none());
         let status = c.status.as_ref().unwrap();
         assert_eq!(status.phase.as_deref(), Some("Bound"));
+        assert!(status.capacity.is_none());
+        assert!(status.conditions.is_none() && status.access_modes.is_none());
+
+        // One that asks for more than it has keeps both sizes for expansion, only those.
+        let mut growing = claim(Some("pvc-u"));
+        let requests = growing.spec.as_mut().unwrap().resources.as_mut().unwrap();
+        requests
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("storage".into(), Quantity("2Gi".into()));
+        strip_claim(&mut growing, &Served::default());
+        let spec = growing.spec.as_ref().unwrap();
+        let requests = spec.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests["storage"].0, "2Gi");
+        assert!(spec.resources.as_ref().unwrap().limits.is_none());
+        let status = growing.status.as_ref().unwrap();
         assert_eq!(status.capacity.as_ref().unwrap().len(), 1);
         assert_eq!(status.capacity.as_ref().unwrap()["storage"].0, "1Gi");
         assert!(status.conditions.is_none() && status.access_modes.is_none());

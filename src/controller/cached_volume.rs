@@ -42,9 +42,15 @@ pub struct CachedVolumeSpec {
     pub nfs: Option<NFSVolumeSource>,
     #[serde(default)]
     pub persistent_volume_reclaim_policy: Option<String>,
-    /// Read by expansion (ours only; cut from other provisioners' volumes).
-    #[serde(default)]
-    pub capacity: Option<BTreeMap<String, Quantity>>,
+    /// `spec.capacity.storage`, read by expansion; kept as the one value, not the map
+    /// (a map's node costs about half a KiB per PV), and cut from others' volumes.
+    #[serde(default, deserialize_with = "storage_only")]
+    pub capacity: Option<Quantity>,
+}
+
+fn storage_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Quantity>, D::Error> {
+    let map = Option::<BTreeMap<String, Quantity>>::deserialize(d)?;
+    Ok(map.and_then(|mut m| m.remove("storage")))
 }
 
 /// The metadata fields anything here reads. Unknown fields, `managedFields` among them,
@@ -129,7 +135,10 @@ impl CachedVolume {
                 claim_ref: s.claim_ref.clone(),
                 nfs: s.nfs.clone(),
                 persistent_volume_reclaim_policy: s.persistent_volume_reclaim_policy.clone(),
-                capacity: s.capacity.clone(),
+                capacity: s
+                    .capacity
+                    .clone()
+                    .map(|q| BTreeMap::from([("storage".to_string(), q)])),
                 ..Default::default()
             }),
             status: self.status.clone(),

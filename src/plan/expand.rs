@@ -68,6 +68,20 @@ pub fn pv_capacity(pv: &PersistentVolume) -> Option<&str> {
     storage(pv.spec.as_ref()?.capacity.as_ref())
 }
 
+/// Whether a claim with this request and capacity may need expanding: unless both read
+/// and the request is no more than the capacity. The claim cache keeps the sizes of a
+/// bound claim only then, so the thousands of bound claims that ask for nothing more
+/// cost no more memory than before.
+pub fn may_grow(request: Option<&str>, capacity: Option<&str>) -> bool {
+    match (request, capacity) {
+        (Some(r), Some(c)) => match (Size::parse(r), Size::parse(c)) {
+            (Ok(r), Ok(c)) => r > c,
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// Whether this claim is a bound one, the only kind expansion looks at. Unbound claims
 /// are for provisioning; this is the fork between the two.
 pub fn is_bound(pvc: &PersistentVolumeClaim) -> bool {
@@ -517,6 +531,22 @@ mod tests {
             decide_expansion(&claim("2Gi", "1Gi"), Some(&yes), Some(&elsewhere), PROV),
             Skip("volume is bound to another claim")
         );
+    }
+
+    #[test]
+    fn what_may_grow() {
+        for (r, c, want) in [
+            (Some("2Gi"), Some("1Gi"), true),
+            (Some("1Gi"), Some("1Gi"), false),
+            (Some("1024Mi"), Some("1Gi"), false),
+            (Some("1Gi"), Some("2Gi"), false),
+            (Some("1e30"), Some("1Gi"), true),
+            (Some("junk"), Some("1Gi"), true),
+            (Some("2Gi"), None, false),
+            (None, Some("1Gi"), false),
+        ] {
+            assert_eq!(may_grow(r, c), want, "{r:?} {c:?}");
+        }
     }
 
     #[test]
