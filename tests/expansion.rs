@@ -138,6 +138,12 @@ async fn a_grown_claim_gets_its_volume_and_status_grown_and_nothing_else_is() {
         "{:?}",
         status.conditions
     );
+    // kube-controller-manager names no resizer for an NFS volume (it does for CSI).
+    let ann = c.metadata.annotations.unwrap_or_default();
+    assert!(
+        !ann.contains_key("volume.kubernetes.io/storage-resizer"),
+        "{ann:?}"
+    );
     // kube-controller-manager's own word on the claim, and ours.
     wait_event(
         &client,
@@ -176,6 +182,39 @@ async fn a_grown_claim_gets_its_volume_and_status_grown_and_nothing_else_is() {
         .await
         .expect("grow huge");
     grown_to(&client, &ns, "data", "1Ei", Duration::from_secs(30), &p).await;
+
+    // As after a restart between the PV's write and the claim's, with the PV made
+    // bigger still meanwhile: the claim is finished, and the PV is never shrunk to it.
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    let volumes = Api::<PersistentVolume>::all(client.clone());
+    volumes
+        .patch(
+            &pv_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"capacity": {"storage": "5Ei"}}})),
+        )
+        .await
+        .expect("grow the PV by hand");
+    request(&client, &ns, "data", "3Ei").await.expect("grow");
+    wait_explained(
+        "the claim's status at 3Ei",
+        Duration::from_secs(30),
+        || p.log_tail(20),
+        || {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let (_, status) = capacities(&client, &ns, "data").await?;
+                (status == "3Ei").then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        capacities(&client, &ns, "data").await,
+        Some(("5Ei".to_string(), "3Ei".to_string())),
+        "a PV bigger than the request stays as it is"
+    );
 
     // Grown and deleted at once: no harm, the volume is reclaimed as usual.
     request(&client, &ns, "gone", "2Gi").await.expect("grow");
@@ -223,8 +262,8 @@ async fn a_grown_claim_gets_its_volume_and_status_grown_and_nothing_else_is() {
     .await;
     // Then one of ours, grown after it: once that is done, the provisioner has seen
     // the static claim's change too.
-    request(&client, &ns, "data", "2Ei").await.expect("grow");
-    grown_to(&client, &ns, "data", "2Ei", Duration::from_secs(30), &p).await;
+    request(&client, &ns, "data", "6Ei").await.expect("grow");
+    grown_to(&client, &ns, "data", "6Ei", Duration::from_secs(30), &p).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         capacities(&client, &ns, "static").await,
