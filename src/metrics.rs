@@ -71,6 +71,7 @@ impl Metrics {
             "Operations under way, by kind",
             in_flight.clone(),
         );
+        expansion().register(&mut registry);
         registry.register(
             "leader",
             "1 when this instance holds the lease and acts",
@@ -148,6 +149,46 @@ pub fn render() -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &get().registry);
     out
+}
+
+/// Expansions of bound claims (`controller::expand`), kept apart from [`Metrics`] so the
+/// feature is one line there.
+#[derive(Clone)]
+struct Expansion {
+    total: Family<Labels, Counter>,
+    seconds: Histogram,
+}
+
+fn expansion() -> &'static Expansion {
+    static EXPANSION: OnceLock<Expansion> = OnceLock::new();
+    EXPANSION.get_or_init(|| Expansion {
+        total: Family::default(),
+        seconds: seconds_histogram(),
+    })
+}
+
+impl Expansion {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "expand",
+            "Volume expansions of bound claims, by result",
+            self.total.clone(),
+        );
+        registry.register(
+            "expand_duration_seconds",
+            "Time from taking up a grown claim to its status showing the new size",
+            self.seconds.clone(),
+        );
+    }
+}
+
+/// One expansion done (or failed), and how long it took.
+pub fn expanded(took: Duration, ok: bool) {
+    let m = expansion();
+    m.total.get_or_create(&vec![("result", result(ok))]).inc();
+    if ok {
+        m.seconds.observe(took.as_secs_f64());
+    }
 }
 
 #[cfg(test)]

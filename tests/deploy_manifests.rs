@@ -563,6 +563,49 @@ fn storageclass_examples_are_accepted() {
     );
 }
 
+/// The chart's classes allow expansion unless told not to, since the provisioner does
+/// expand; `false` is kept (Helm's `default` would turn it into the default).
+#[test]
+fn chart_classes_allow_expansion_unless_set_false() {
+    let expansion = |args: &[&str]| -> Vec<(String, Option<bool>)> {
+        let mut with_server = vec!["--set", "nfs.server=192.0.2.10"];
+        with_server.extend_from_slice(args);
+        of_kind(&helm_objects("expansion", &with_server), "StorageClass")
+            .into_iter()
+            .map(|c| {
+                (
+                    c["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    c["allowVolumeExpansion"].as_bool(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(expansion(&[]), [("nfs3-client".to_string(), Some(true))]);
+    assert_eq!(
+        expansion(&["--set", "storageClass.allowVolumeExpansion=false"]),
+        [("nfs3-client".to_string(), Some(false))]
+    );
+    let extra = [
+        "--set",
+        "extraStorageClasses[0].name=a",
+        "--set",
+        "extraStorageClasses[1].name=b",
+        "--set",
+        "extraStorageClasses[1].allowVolumeExpansion=false",
+    ];
+    assert_eq!(
+        expansion(&extra),
+        [
+            ("nfs3-client".to_string(), Some(true)),
+            ("a".to_string(), Some(true)),
+            ("b".to_string(), Some(false)),
+        ]
+    );
+}
+
 // ------------------------------------------------------------------ RBAC
 
 /// (Role or ClusterRole, API group, resource, resourceNames) -> verbs.
@@ -573,13 +616,20 @@ type Row<'a> = (&'a str, &'a str, &'a str, &'a [&'a str], &'a [&'a str]);
 
 /// What the provisioner calls, and nothing else: the table of deploy/README.md, "RBAC".
 fn expected_rules(lease: &str) -> Rules {
-    let rows: [Row; 6] = [
+    let rows: [Row; 7] = [
         (
             "ClusterRole",
             "",
             "persistentvolumeclaims",
             &[],
             &["get", "list", "watch"],
+        ),
+        (
+            "ClusterRole",
+            "",
+            "persistentvolumeclaims/status",
+            &[],
+            &["patch"],
         ),
         (
             "ClusterRole",
@@ -734,8 +784,16 @@ fn base_service_account_gets_only_those_rights() {
     let lease = deployment_env(&base_docs(), "LEASE_NAME").expect("LEASE_NAME");
     let lease_res = format!("leases.coordination.k8s.io/{lease}");
     let lease_res = lease_res.as_str();
+    // `resource:sub` asks for a subresource (`resource/x` would name an object).
     let can = |verb: &str, resource: &str, ns: &str| -> bool {
+        let (resource, sub) = match resource.split_once(':') {
+            Some((r, s)) => (r, Some(s)),
+            None => (resource, None),
+        };
         let mut args = vec!["auth", "can-i", verb, resource, "--as", sa.as_str()];
+        if let Some(s) = sub {
+            args.extend(["--subresource", s]);
+        }
         if !ns.is_empty() {
             args.extend(["-n", ns]);
         }
@@ -754,6 +812,7 @@ fn base_service_account_gets_only_those_rights() {
         ("get", "persistentvolumeclaims", tenant),
         ("list", "persistentvolumeclaims", tenant),
         ("watch", "persistentvolumeclaims", tenant),
+        ("patch", "persistentvolumeclaims:status", tenant),
         ("list", "persistentvolumes", ""),
         ("watch", "persistentvolumes", ""),
         ("create", "persistentvolumes", ""),
@@ -772,6 +831,8 @@ fn base_service_account_gets_only_those_rights() {
     let refused: &[(&str, &str, &str)] = &[
         ("update", "persistentvolumeclaims", tenant),
         ("patch", "persistentvolumeclaims", tenant),
+        ("update", "persistentvolumeclaims:status", tenant),
+        ("patch", "persistentvolumes:status", ""),
         ("create", "persistentvolumeclaims", tenant),
         ("delete", "persistentvolumeclaims", tenant),
         ("get", "persistentvolumes", ""),

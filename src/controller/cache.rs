@@ -2,15 +2,17 @@
 //! to what the controllers read before it is stored (claims down to the labels and
 //! annotations the served templates use), and waiting for a cache's first full list.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimStatus,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -106,19 +108,39 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
     let meta = &mut pvc.metadata;
     meta.owner_references = None;
     meta.finalizers = None;
-    pvc.status = pvc.status.take().map(|s| PersistentVolumeClaimStatus {
-        phase: s.phase,
-        ..Default::default()
+    let mut capacity = None;
+    pvc.status = pvc.status.take().map(|s| {
+        capacity = only_storage(s.capacity);
+        PersistentVolumeClaimStatus {
+            phase: s.phase,
+            ..Default::default()
+        }
     });
     let Some(spec) = pvc.spec.as_mut() else {
         return;
     };
     if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        let requests = spec.resources.take().and_then(|r| only_storage(r.requests));
+        let size = |m: &Option<BTreeMap<String, Quantity>>| {
+            m.as_ref()
+                .and_then(|m| m.get("storage"))
+                .map(|q| q.0.clone())
+        };
+        // A bound claim asking for more keeps both sizes for expansion; the others,
+        // nearly all, keep neither.
+        let grows = plan::expand::may_grow(size(&requests).as_deref(), size(&capacity).as_deref());
         *spec = PersistentVolumeClaimSpec {
             volume_name: spec.volume_name.take(),
             storage_class_name: spec.storage_class_name.take(),
+            resources: grows.then(|| VolumeResourceRequirements {
+                requests,
+                ..Default::default()
+            }),
             ..Default::default()
         };
+        if grows && let Some(status) = pvc.status.as_mut() {
+            status.capacity = capacity;
+        }
         let meta = &mut pvc.metadata;
         meta.annotations = None;
         meta.labels = None;
@@ -146,6 +168,15 @@ pub(super) fn strip_claim(pvc: &mut PersistentVolumeClaim, served: &Served) {
             .get_or_insert_with(Default::default)
             .insert(ANN_STRIPPED.to_string(), String::new());
     }
+}
+
+/// The `storage` entry of a resource list, if any: the only one read. Cut past the
+/// longest quantity expansion reads, which it then refuses as too large: a tenant's
+/// thousand-digit request is not kept whole for every bound claim.
+fn only_storage(list: Option<BTreeMap<String, Quantity>>) -> Option<BTreeMap<String, Quantity>> {
+    let (key, mut q) = list?.remove_entry("storage")?;
+    cut_to(&mut q.0, plan::quantity::MAX_LEN + 1);
+    Some(BTreeMap::from([(key, q)]))
 }
 
 fn truncate(v: &mut String) {
@@ -233,11 +264,14 @@ mod tests {
             },
             "spec": {
                 "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
+                "resources": {"requests": {"storage": "1Gi", "example.com/x": "1"},
+                    "limits": {"storage": "5Gi"}},
                 "storageClassName": "nfs",
                 "volumeName": volume_name
             },
-            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi", "example.com/x": "1"},
+                "accessModes": ["ReadWriteMany"],
+                "conditions": [{"type": "Resizing", "status": "True"}]}
         }))
         .unwrap()
     }
@@ -254,8 +288,55 @@ mod tests {
         assert_eq!(spec.volume_name.as_deref(), Some("pvc-u"));
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
         assert!(spec.access_modes.is_none() && spec.resources.is_none());
-        assert_eq!(c.status.as_ref().unwrap().phase.as_deref(), Some("Bound"));
-        assert!(c.status.as_ref().unwrap().capacity.is_none());
+        let status = c.status.as_ref().unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Bound"));
+        assert!(status.capacity.is_none());
+        assert!(status.conditions.is_none() && status.access_modes.is_none());
+
+        // One that asks for more than it has keeps both sizes for expansion, only those.
+        let mut growing = claim(Some("pvc-u"));
+        let requests = growing.spec.as_mut().unwrap().resources.as_mut().unwrap();
+        requests
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("storage".into(), Quantity("2Gi".into()));
+        strip_claim(&mut growing, &Served::default());
+        let spec = growing.spec.as_ref().unwrap();
+        let requests = spec.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests["storage"].0, "2Gi");
+        assert!(spec.resources.as_ref().unwrap().limits.is_none());
+        let status = growing.status.as_ref().unwrap();
+        assert_eq!(status.capacity.as_ref().unwrap().len(), 1);
+        assert_eq!(status.capacity.as_ref().unwrap()["storage"].0, "1Gi");
+        assert!(status.conditions.is_none() && status.access_modes.is_none());
+
+        // A thousand-digit request is kept only as far as it takes to refuse it.
+        let mut huge = claim(Some("pvc-u"));
+        let digits = "7".repeat(3000);
+        huge.spec
+            .as_mut()
+            .unwrap()
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests = Some(BTreeMap::from([("storage".to_string(), Quantity(digits))]));
+        strip_claim(&mut huge, &Served::default());
+        let kept = &huge
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests;
+        let kept = &kept.as_ref().unwrap()["storage"].0;
+        assert_eq!(kept.len(), plan::quantity::MAX_LEN + 1);
+        assert!(matches!(
+            plan::quantity::Size::parse(kept),
+            Err(plan::quantity::QuantityError::TooLarge(_))
+        ));
         // Even with a class of ours, a claim that names a volume is left alone.
         let class = StorageClass {
             metadata: kube::api::ObjectMeta {
@@ -299,7 +380,7 @@ mod tests {
         assert_eq!(labels.len(), 1);
         assert_eq!(labels["team"], "a");
         assert!(c.spec.as_ref().unwrap().resources.is_some());
-        assert!(c.status.as_ref().unwrap().capacity.is_none());
+        assert!(c.status.as_ref().unwrap().conditions.is_none());
 
         // A claim of a class that is not ours keeps no label and only the annotations
         // every claim is read for.

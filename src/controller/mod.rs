@@ -1,12 +1,13 @@
 //! Wiring: the shared [`Context`], and [`run`], which starts the caches ([`cache`]) and
-//! the two controllers: one provisions claims ([`provision`]), one reclaims released
-//! volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
+//! the two controllers: one provisions claims ([`provision`]) and grows bound ones
+//! ([`expand`]), one reclaims released volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
 
 mod cache;
 pub mod cached_volume;
 mod directories;
 mod events;
 mod placement;
+mod expand;
 mod provision;
 mod reclaim;
 mod retry;
@@ -225,6 +226,7 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 // The reconcilers against a scripted API server, in src/controller/tests/.
 #[cfg(test)]
 mod tests {
+    mod expanding;
     mod harness;
     mod placement;
     mod provisioning;

@@ -25,6 +25,10 @@ pub async fn reconcile(
     pvc: Arc<PersistentVolumeClaim>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    // A claim that names a volume is never provisioned again; it may be growing.
+    if plan::expand::is_bound(&pvc) {
+        return super::expand::reconcile(pvc, ctx).await;
+    }
     let class = plan::class_name(&pvc).and_then(|n| ctx.classes.get(&ObjectRef::new(n)));
     match plan::decide_claim(&pvc, class.as_deref(), &ctx.provisioner) {
         ClaimDecision::Skip(why) | ClaimDecision::Wait(why) => {

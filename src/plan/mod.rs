@@ -8,6 +8,7 @@
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
 //! - [`release`]: directories shared by several released volumes, archive names;
 //! - [`placement`]: which of a class's exports a new volume goes to, and when none has room.
+//! - [`expand`]: growing a bound claim's volume, and [`quantity`], the sizes it compares.
 
 use thiserror::Error;
 
@@ -15,10 +16,12 @@ use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
 pub mod claim;
+pub mod expand;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
 pub mod placement;
+pub mod quantity;
 pub mod reclaim;
 pub mod record;
 pub mod release;

@@ -89,7 +89,8 @@ metadata:
 provisioner: {{ include "nfs3-provisioner.provisionerName" $root | quote }}
 reclaimPolicy: {{ default "Delete" $c.reclaimPolicy }}
 volumeBindingMode: {{ default "Immediate" $c.volumeBindingMode }}
-allowVolumeExpansion: {{ default false $c.allowVolumeExpansion }}
+{{- /* Expansion is bookkeeping the provisioner does (README, "Expansion"): on unless set false. */}}
+allowVolumeExpansion: {{ if include "nfs3-provisioner.isSet" $c.allowVolumeExpansion }}{{ $c.allowVolumeExpansion }}{{ else }}true{{ end }}
 {{- with $c.mountOptions }}
 mountOptions:
   {{- range . }}
