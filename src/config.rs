@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::nfs3::Nfs3Options;
+use crate::plan::adopt::{AdoptConfigError, Adoption};
 
 pub const DEFAULT_PROVISIONER: &str = "nfs3-provisioner.io/nfs";
 
@@ -83,6 +84,43 @@ impl NfsArgs {
     }
 }
 
+/// Volumes of another provisioner (nfs-subdir-external-provisioner) to reclaim as it
+/// would have; see `plan::adopt`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdoptArgs {
+    /// Reclaim the released PVs whose `pv.kubernetes.io/provisioned-by` is this name, as
+    /// nfs-subdir-external-provisioner would (repeat it, or a comma list).
+    #[arg(
+        long = "adopt-provisioned-by",
+        env = "ADOPT_PROVISIONED_BY",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub provisioned_by: Vec<String>,
+    /// The adopted provisioner's NFS_SERVER: adopted PVs must name this server.
+    #[arg(
+        long = "adopt-nfs-server",
+        env = "ADOPT_NFS_SERVER",
+        value_name = "SERVER"
+    )]
+    pub nfs_server: Option<String>,
+    /// The adopted provisioner's NFS_PATH: adopted PVs' paths must lie inside it.
+    #[arg(long = "adopt-nfs-path", env = "ADOPT_NFS_PATH", value_name = "PATH")]
+    pub nfs_path: Option<String>,
+}
+
+impl AdoptArgs {
+    /// What to adopt, `None` for nothing; `own` is this provisioner's name, never adopted.
+    pub fn adoption(&self, own: Option<&str>) -> Result<Option<Adoption>, AdoptConfigError> {
+        Adoption::new(
+            &self.provisioned_by,
+            self.nfs_server.as_deref(),
+            self.nfs_path.as_deref(),
+            own,
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The name StorageClasses give as `provisioner:`.
@@ -125,6 +163,8 @@ pub struct RunArgs {
     /// is released and the process exits (keep it below the pod's grace period).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,
+    #[command(flatten)]
+    pub adopt: AdoptArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,4 +208,7 @@ pub struct AuditArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub nfs: NfsArgs,
+    /// The adopted provisioner's PVs are audited too, on its share.
+    #[command(flatten)]
+    pub adopt: AdoptArgs,
 }

@@ -6,13 +6,15 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`adopt`]: the volumes of another provisioner reclaimed as it would have.
 
 use thiserror::Error;
 
 use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
+pub mod adopt;
 pub mod claim;
 #[cfg(test)]
 pub(crate) mod fixtures;
