@@ -103,10 +103,10 @@ pub struct AdoptArgs {
         env = "ADOPT_NFS_SERVER",
         value_name = "SERVER"
     )]
-    pub nfs_server: Option<String>,
+    pub adopt_nfs_server: Option<String>,
     /// The adopted provisioner's NFS_PATH: adopted PVs' paths must lie inside it.
     #[arg(long = "adopt-nfs-path", env = "ADOPT_NFS_PATH", value_name = "PATH")]
-    pub nfs_path: Option<String>,
+    pub adopt_nfs_path: Option<String>,
 }
 
 impl AdoptArgs {
@@ -114,8 +114,8 @@ impl AdoptArgs {
     pub fn adoption(&self, own: Option<&str>) -> Result<Option<Adoption>, AdoptConfigError> {
         Adoption::new(
             &self.provisioned_by,
-            self.nfs_server.as_deref(),
-            self.nfs_path.as_deref(),
+            self.adopt_nfs_server.as_deref(),
+            self.adopt_nfs_path.as_deref(),
             own,
         )
     }
@@ -211,4 +211,63 @@ pub struct AuditArgs {
     /// The adopted provisioner's PVs are audited too, on its share.
     #[command(flatten)]
     pub adopt: AdoptArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn adoption_flags_repeat_or_take_a_comma_list() {
+        let cli = Cli::try_parse_from([
+            "nfs3-provisioner",
+            "run",
+            "--adopt-provisioned-by",
+            "a.io/x,b.io/y",
+            "--adopt-provisioned-by",
+            "c.io/z",
+            "--adopt-nfs-server",
+            "10.0.0.9",
+            "--adopt-nfs-path",
+            "/srv/nfs/",
+            "--nfs-server",
+            "10.0.0.5",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        let a = run
+            .adopt
+            .adoption(Some(&run.provisioner_name))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.provisioners, ["a.io/x", "b.io/y", "c.io/z"]);
+        assert_eq!(
+            (a.server.as_str(), a.share.as_str()),
+            ("10.0.0.9", "/srv/nfs")
+        );
+        assert_eq!(run.nfs_server.as_deref(), Some("10.0.0.5"));
+
+        let cli = Cli::try_parse_from([
+            "nfs3-provisioner",
+            "audit",
+            "--adopt-provisioned-by",
+            "a.io/x",
+        ])
+        .unwrap();
+        let Command::Audit(audit) = cli.command else {
+            panic!("audit")
+        };
+        assert!(
+            audit.adopt.adoption(None).is_err(),
+            "server and path needed"
+        );
+    }
 }

@@ -481,7 +481,8 @@ mod tests {
     #[test]
     fn the_class_is_read_as_the_incumbent_reads_it() {
         use OnDelete::*;
-        let cases: &[(&[(&str, &str)], Result<OnDelete, ()>)] = &[
+        type Params<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Params, Result<OnDelete, ()>)] = &[
             (&[], Ok(Archive)),
             (&[("archiveOnDelete", "false")], Ok(Delete)),
             (&[("archiveOnDelete", "F")], Ok(Delete)),
