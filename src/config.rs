@@ -110,13 +110,12 @@ pub struct AdoptArgs {
 }
 
 impl AdoptArgs {
-    /// What to adopt, `None` for nothing; `own` is this provisioner's name, never adopted.
-    pub fn adoption(&self, own: Option<&str>) -> Result<Option<Adoption>, AdoptConfigError> {
+    /// What to adopt, `None` for nothing.
+    pub fn adoption(&self) -> Result<Option<Adoption>, AdoptConfigError> {
         Adoption::new(
             &self.provisioned_by,
             self.adopt_nfs_server.as_deref(),
             self.adopt_nfs_path.as_deref(),
-            own,
         )
     }
 }
@@ -243,11 +242,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("run")
         };
-        let a = run
-            .adopt
-            .adoption(Some(&run.provisioner_name))
-            .unwrap()
-            .unwrap();
+        let a = run.adopt.adoption().unwrap().unwrap();
         assert_eq!(a.provisioners, ["a.io/x", "b.io/y", "c.io/z"]);
         assert_eq!(
             (a.server.as_str(), a.share.as_str()),
@@ -265,9 +260,6 @@ mod tests {
         let Command::Audit(audit) = cli.command else {
             panic!("audit")
         };
-        assert!(
-            audit.adopt.adoption(None).is_err(),
-            "server and path needed"
-        );
+        assert!(audit.adopt.adoption().is_err(), "server and path needed");
     }
 }

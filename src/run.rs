@@ -39,7 +39,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         share: args.nfs_path.clone(),
     };
     let default_target = default_target(&defaults)?;
-    let adoption = args.adopt.adoption(Some(&args.provisioner_name))?;
+    let adoption = args.adopt.adoption()?;
     if let Some(a) = &adoption {
         info!(adopted = ?a.provisioners, server = a.server, share = a.share, "reclaiming the released volumes of the adopted provisioners");
     }

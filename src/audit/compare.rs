@@ -265,12 +265,13 @@ fn ours_on<'a>(
         .as_ref()
         .filter(|a| a.server == target.server && a.share == target.share);
     pvs.iter().filter_map(move |pv| {
-        if provisioned_by(&pv.metadata) == Some(provisioner) {
+        if let Some(a) = adopted.filter(|a| a.adopts(&pv.metadata)) {
+            a.locate(pv).ok().map(|dir| (pv, dir))
+        } else if provisioned_by(&pv.metadata) == Some(provisioner) {
             let r = Recorded::from_pv(pv).ok()?;
             (r.server == target.server && r.share == target.share).then_some((pv, r.directory))
         } else {
-            let a = adopted.filter(|a| a.adopts(&pv.metadata))?;
-            a.locate(pv).ok().map(|dir| (pv, dir))
+            None
         }
     })
 }

@@ -209,10 +209,7 @@ fn unplaced(pvs: &[PersistentVolume], adoption: &Adoption) -> Vec<Unreadable> {
 
 async fn run_audit(args: &AuditArgs) -> Result<Report, AuditError> {
     let mut explicit = explicit_targets(args)?;
-    let adoption = args
-        .adopt
-        .adoption(Some(&args.provisioner_name))
-        .map_err(AuditError::Adopt)?;
+    let adoption = args.adopt.adoption().map_err(AuditError::Adopt)?;
     explicit.extend(adoption.as_ref().map(Adoption::target));
     let client = Client::try_default().await.map_err(AuditError::Client)?;
     let pvs = Api::<PersistentVolume>::all(client)
@@ -229,6 +226,13 @@ async fn run_audit(args: &AuditArgs) -> Result<Report, AuditError> {
     };
     let (targets, mut unreadable) = targets(&pvs, &policy.provisioner, &explicit);
     if let Some(a) = &policy.adopt {
+        // Under a name both provisioners use, the old PVs have no record of ours: they
+        // are adopted, not unreadable.
+        unreadable.retain(|u| {
+            !pvs.iter().any(|pv| {
+                pv.metadata.name.as_deref() == Some(u.pv.as_str()) && a.adopts(&pv.metadata)
+            })
+        });
         unreadable.extend(unplaced(&pvs, a));
         unreadable.sort_by(|a, b| a.pv.cmp(&b.pv));
     }

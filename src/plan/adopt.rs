@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use thiserror::Error;
 
 use super::reclaim::{PvDecision, ReclaimPlan, ReclaimRefusal, plan_recorded};
-use super::record::{Recorded, provisioned_by};
+use super::record::{Recorded, has_record, provisioned_by};
 use super::release::CoUser;
 use crate::backend::Target;
 use crate::params::OnDelete;
@@ -46,21 +46,18 @@ pub enum AdoptConfigError {
         "--adopt-nfs-server and --adopt-nfs-path are only meaningful with --adopt-provisioned-by"
     )]
     NothingToAdopt,
-    #[error(
-        "--adopt-provisioned-by names this provisioner itself ({0}): its own volumes are reclaimed already"
-    )]
-    Itself(String),
     #[error("--adopt-nfs-path {path:?}: {source}")]
     Share { path: String, source: PathError },
 }
 
 impl Adoption {
     /// `None` when nothing is to be adopted. Empty names (a trailing comma) are dropped.
+    /// This provisioner's own name may be among them: it then serves the old classes
+    /// under the old name, and the PVs of that name without our record are adopted.
     pub fn new(
         names: &[String],
         server: Option<&str>,
         share: Option<&str>,
-        own_name: Option<&str>,
     ) -> Result<Option<Self>, AdoptConfigError> {
         let provisioners: Vec<String> = names
             .iter()
@@ -78,9 +75,6 @@ impl Adoption {
         let (Some(server), Some(share)) = (server, share) else {
             return Err(AdoptConfigError::Incomplete);
         };
-        if let Some(own) = own_name.filter(|o| provisioners.iter().any(|p| p == o)) {
-            return Err(AdoptConfigError::Itself(own.to_string()));
-        }
         let share = path::normalize_share(share).map_err(|source| AdoptConfigError::Share {
             path: share.to_string(),
             source,
@@ -92,9 +86,11 @@ impl Adoption {
         }))
     }
 
-    /// Whether the PV's `pv.kubernetes.io/provisioned-by` is one of the adopted names.
+    /// Whether the PV's `pv.kubernetes.io/provisioned-by` is one of the adopted names and
+    /// it carries none of our record (a PV we made under an adopted name is ours).
     pub fn adopts(&self, meta: &ObjectMeta) -> bool {
         provisioned_by(meta).is_some_and(|p| self.provisioners.iter().any(|a| a == p))
+            && !has_record(meta)
     }
 
     /// The share the adopted volumes live on: the incumbent's PVs record no port, so the
@@ -309,7 +305,6 @@ mod tests {
             &[INCUMBENT.to_string()],
             Some("10.0.0.9"),
             Some("/srv/nfs/"),
-            Some("nfs3-provisioner.io/nfs"),
         )
         .unwrap()
         .unwrap()
@@ -366,21 +361,17 @@ mod tests {
     fn configuration() {
         let a = adoption();
         assert_eq!(a.share, "/srv/nfs");
-        assert_eq!(Adoption::new(&[], None, None, None), Ok(None));
+        assert_eq!(Adoption::new(&[], None, None), Ok(None));
         assert_eq!(
-            Adoption::new(&[" ".into()], Some("s"), None, None),
+            Adoption::new(&[" ".into()], Some("s"), None),
             Err(AdoptConfigError::NothingToAdopt)
         );
         assert_eq!(
-            Adoption::new(&["x".into()], Some("s"), None, None),
+            Adoption::new(&["x".into()], Some("s"), None),
             Err(AdoptConfigError::Incomplete)
         );
-        assert_eq!(
-            Adoption::new(&["me".into()], Some("s"), Some("/p"), Some("me")),
-            Err(AdoptConfigError::Itself("me".into()))
-        );
         assert!(matches!(
-            Adoption::new(&["x".into()], Some("s"), Some("srv"), None),
+            Adoption::new(&["x".into()], Some("s"), Some("srv")),
             Err(AdoptConfigError::Share { .. })
         ));
     }
@@ -414,6 +405,33 @@ mod tests {
             .unwrap()
             .insert("pv.kubernetes.io/provisioned-by".into(), "someone".into());
         assert_eq!(a.decide(&other), Skip("not adopted"));
+
+        // Under an adopted name (ours too, when both are kept), a PV that carries our
+        // record is ours: reclaimed from the record, never adopted.
+        use crate::plan::fixtures::{PROV, pv as our_pv};
+        let both = Adoption {
+            provisioners: vec![INCUMBENT.into(), PROV.into()],
+            ..adoption()
+        };
+        assert!(!both.adopts(&our_pv("Released", "Delete", false, true).metadata));
+        let mut old = incumbent_pv(DIR, "Released", "Delete");
+        old.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("pv.kubernetes.io/provisioned-by".into(), PROV.into());
+        assert_eq!(both.decide(&old), Reclaim);
+        let mut damaged = our_pv("Released", "Delete", false, true);
+        damaged
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(crate::plan::ANN_SERVER);
+        assert!(
+            !both.adopts(&damaged.metadata),
+            "a damaged record is refused"
+        );
     }
 
     #[test]

@@ -158,9 +158,20 @@ fn holds_file(dir: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_incumbents_volumes_are_reclaimed_as_its_classes_say() {
+    takeover(false).await;
+}
+
+/// The same with ours under the incumbent's own name, adopting it: the old classes serve
+/// new claims here, old PVs are adopted, new ones reclaimed from their record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_incumbents_own_name_old_volumes_are_adopted_and_new_ones_ours() {
+    takeover(true).await;
+}
+
+async fn takeover(keep_name: bool) {
     let _shared = EXCLUSIVE.read().await;
     let bin = incumbent_binary();
-    let fx = Fixture::new("adopt").await;
+    let fx = Fixture::new(if keep_name { "adopt-both" } else { "adopt" }).await;
     let client = fx.client.clone();
     let ns = fx.namespace().await;
     let export = export1();
@@ -191,7 +202,7 @@ async fn the_incumbents_volumes_are_reclaimed_as_its_classes_say() {
         &bin,
         &fx.provisioner,
         &export,
-        &logs.join("e2e-adopt-incumbent.log"),
+        &logs.join(format!("e2e-{}-incumbent.log", fx.label)),
     );
     let mut dirs = BTreeMap::new();
     for (claim, _, _) in &cases {
@@ -249,12 +260,19 @@ async fn the_incumbents_volumes_are_reclaimed_as_its_classes_say() {
         &export_path.join("../export2").join(&dotdot_name)
     ));
 
-    // Ours, under a name of its own, adopting the incumbent's.
-    let ours = format!("ours-{}", fx.provisioner);
+    // Ours, under a name of its own or the incumbent's, adopting the incumbent's.
+    let ours = if keep_name {
+        fx.provisioner.clone()
+    } else {
+        format!("ours-{}", fx.provisioner)
+    };
+    // As in a migration, the old classes' share (they name none) is the default.
     let adopt_flags = [
         ("ADOPT_PROVISIONED_BY", fx.provisioner.as_str()),
         ("ADOPT_NFS_SERVER", "127.0.0.1"),
         ("ADOPT_NFS_PATH", export.as_str()),
+        ("NFS_SERVER", "127.0.0.1"),
+        ("NFS_PATH", export.as_str()),
     ];
     let audit_flags = [
         "--adopt-provisioned-by",
@@ -267,12 +285,22 @@ async fn the_incumbents_volumes_are_reclaimed_as_its_classes_say() {
 
     // audit: the adopted volumes count as ours; the removed directory is missing and the
     // controls cannot be placed on the share.
-    let (_, plain) = run_audit(&ours, &[]);
-    assert_eq!(
-        plain["shares"],
-        json!([]),
-        "nothing of ours without adoption"
-    );
+    let (code, plain) = run_audit(&ours, &[]);
+    if keep_name {
+        // Without adoption the old PVs are ours by name but carry no record.
+        assert_eq!(code, Some(2), "{plain:#}");
+        assert_eq!(
+            plain["unreadable"].as_array().map(Vec::len),
+            Some(cases.len() + 2),
+            "{plain:#}"
+        );
+    } else {
+        assert_eq!(
+            plain["shares"],
+            json!([]),
+            "nothing of ours without adoption"
+        );
+    }
     let (code, report) = run_audit(&ours, &audit_flags);
     // PVs that cannot be placed are errors, as our PVs with unreadable annotations.
     assert_eq!(code, Some(2), "{report:#}");
@@ -298,9 +326,26 @@ async fn the_incumbents_volumes_are_reclaimed_as_its_classes_say() {
         assert!(!orphans.contains(&name.unwrap_or_default()), "{orphans}");
     }
 
-    let p = Provisioner::start(&ours, "adopt-ours", &adopt_flags);
+    let p = Provisioner::start(&ours, &format!("{}-ours", fx.label), &adopt_flags);
+    // Under the old name, an old class now provisions here, with our record.
+    let new_dir = if keep_name {
+        fx.claim(&ns, "new", &classes["delete"], json!({})).await;
+        let pv = fx.bound_pv(&ns, "new", Duration::from_secs(180)).await;
+        let ann = pv.metadata.annotations.clone().unwrap_or_default();
+        assert!(ann.contains_key("nfs3-provisioner.io/directory"), "{ann:?}");
+        let dir = on_disk(&pv);
+        write_file(&dir);
+        delete_claim(&client, &ns, "new").await;
+        Some((pv.metadata.name.unwrap_or_default(), dir))
+    } else {
+        None
+    };
     for (claim, _, _) in &cases {
         delete_claim(&client, &ns, claim).await;
+    }
+    if let Some((pv, dir)) = &new_dir {
+        fx.pv_gone(pv, Duration::from_secs(60)).await;
+        assert!(!dir.exists(), "ours, reclaimed from its record: {dir:?}");
     }
     for (claim, _, _) in &cases {
         let (pv, _) = &dirs[claim];
