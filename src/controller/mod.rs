@@ -242,6 +242,7 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 // The reconcilers against a scripted API server, in src/controller/tests/.
 #[cfg(test)]
 mod tests {
+    mod adopting;
     mod harness;
     mod provisioning;
     mod reclaiming;
