@@ -98,7 +98,8 @@ async fn the_class_says_delete_archive_or_retain_then_the_pv_goes() {
 #[tokio::test]
 async fn outside_the_export_or_without_its_class_nothing_is_touched() {
     let escaping = format!("{SHARE}/../victim");
-    let cases: [(&str, Option<&[(&str, &str)]>, String); 4] = [
+    type Params<'a> = Option<&'a [(&'a str, &'a str)]>;
+    let cases: [(&str, Params, String); 4] = [
         ("outside", Some(&[]), "/srv/other/x".to_string()),
         ("dotdot", Some(&[]), escaping),
         ("the export itself", Some(&[]), SHARE.to_string()),
