@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::nfs3::Nfs3Options;
+use crate::plan::adopt::{AdoptConfigError, Adoption};
 
 pub const DEFAULT_PROVISIONER: &str = "nfs3-provisioner.io/nfs";
 
@@ -83,6 +84,42 @@ impl NfsArgs {
     }
 }
 
+/// Volumes of another provisioner (nfs-subdir-external-provisioner) to reclaim as it
+/// would have; see `plan::adopt`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdoptArgs {
+    /// Reclaim the released PVs whose `pv.kubernetes.io/provisioned-by` is this name, as
+    /// nfs-subdir-external-provisioner would (repeat it, or a comma list).
+    #[arg(
+        long = "adopt-provisioned-by",
+        env = "ADOPT_PROVISIONED_BY",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub provisioned_by: Vec<String>,
+    /// The adopted provisioner's NFS_SERVER: adopted PVs must name this server.
+    #[arg(
+        long = "adopt-nfs-server",
+        env = "ADOPT_NFS_SERVER",
+        value_name = "SERVER"
+    )]
+    pub adopt_nfs_server: Option<String>,
+    /// The adopted provisioner's NFS_PATH: adopted PVs' paths must lie inside it.
+    #[arg(long = "adopt-nfs-path", env = "ADOPT_NFS_PATH", value_name = "PATH")]
+    pub adopt_nfs_path: Option<String>,
+}
+
+impl AdoptArgs {
+    /// What to adopt, `None` for nothing.
+    pub fn adoption(&self) -> Result<Option<Adoption>, AdoptConfigError> {
+        Adoption::new(
+            &self.provisioned_by,
+            self.adopt_nfs_server.as_deref(),
+            self.adopt_nfs_path.as_deref(),
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// The name StorageClasses give as `provisioner:`.
@@ -125,6 +162,8 @@ pub struct RunArgs {
     /// is released and the process exits (keep it below the pod's grace period).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,
+    #[command(flatten)]
+    pub adopt: AdoptArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,4 +207,59 @@ pub struct AuditArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub nfs: NfsArgs,
+    /// The adopted provisioner's PVs are audited too, on its share.
+    #[command(flatten)]
+    pub adopt: AdoptArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn adoption_flags_repeat_or_take_a_comma_list() {
+        let cli = Cli::try_parse_from([
+            "nfs3-provisioner",
+            "run",
+            "--adopt-provisioned-by",
+            "a.io/x,b.io/y",
+            "--adopt-provisioned-by",
+            "c.io/z",
+            "--adopt-nfs-server",
+            "10.0.0.9",
+            "--adopt-nfs-path",
+            "/srv/nfs/",
+            "--nfs-server",
+            "10.0.0.5",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        let a = run.adopt.adoption().unwrap().unwrap();
+        assert_eq!(a.provisioners, ["a.io/x", "b.io/y", "c.io/z"]);
+        assert_eq!(
+            (a.server.as_str(), a.share.as_str()),
+            ("10.0.0.9", "/srv/nfs")
+        );
+        assert_eq!(run.nfs_server.as_deref(), Some("10.0.0.5"));
+
+        let cli = Cli::try_parse_from([
+            "nfs3-provisioner",
+            "audit",
+            "--adopt-provisioned-by",
+            "a.io/x",
+        ])
+        .unwrap();
+        let Command::Audit(audit) = cli.command else {
+            panic!("audit")
+        };
+        assert!(audit.adopt.adoption().is_err(), "server and path needed");
+    }
 }

@@ -39,6 +39,10 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         share: args.nfs_path.clone(),
     };
     let default_target = default_target(&defaults)?;
+    let adoption = args.adopt.adoption()?;
+    if let Some(a) = &adoption {
+        info!(adopted = ?a.provisioners, server = a.server, share = a.share, "reclaiming the released volumes of the adopted provisioners");
+    }
     let backend = match args.backend {
         BackendKind::Nfs3 => BackendConfig::Nfs3(args.nfs.options()),
         BackendKind::Mounted => BackendConfig::Mounted {
@@ -72,6 +76,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
         let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
         move |backend: BackendConfig| {
             let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
+            let adoption = adoption.clone();
             move |classes, volumes| {
                 Context::new(
                     client,
@@ -85,6 +90,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                     classes,
                     volumes,
                 )
+                .with_adoption(adoption)
             }
         }
     };

@@ -121,6 +121,7 @@ fn policy_at(apply: bool, now: i64) -> Policy {
         prune_older_than: Some(Duration::from_secs(7 * DAY)),
         apply,
         now,
+        adopt: None,
     }
 }
 

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::RwLock;
 
+#[path = "e2e/adopt.rs"]
+mod adopt;
 #[path = "e2e/chaos.rs"]
 mod chaos;
 #[path = "e2e/leader.rs"]

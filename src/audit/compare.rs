@@ -252,16 +252,28 @@ pub(super) fn absence(snapshot: &Snapshot, root: &[String], dir: &[String]) -> O
     None
 }
 
-/// PVs of this provisioner that record `target`'s server and share.
+/// PVs of this provisioner that record `target`'s server and share, and adopted PVs on
+/// it: each with its directory.
 fn ours_on<'a>(
     target: &'a Target,
-    provisioner: &'a str,
+    policy: &'a Policy,
     pvs: &'a [PersistentVolume],
-) -> impl Iterator<Item = (&'a PersistentVolume, Recorded)> + 'a {
-    pvs.iter()
-        .filter(move |pv| provisioned_by(&pv.metadata) == Some(provisioner))
-        .filter_map(|pv| Recorded::from_pv(pv).ok().map(|r| (pv, r)))
-        .filter(move |(_, r)| r.server == target.server && r.share == target.share)
+) -> impl Iterator<Item = (&'a PersistentVolume, RelPath)> + 'a {
+    let provisioner = policy.provisioner.as_str();
+    let adopted = policy
+        .adopt
+        .as_ref()
+        .filter(|a| a.server == target.server && a.share == target.share);
+    pvs.iter().filter_map(move |pv| {
+        if let Some(a) = adopted.filter(|a| a.adopts(&pv.metadata)) {
+            a.locate(pv).ok().map(|dir| (pv, dir))
+        } else if provisioned_by(&pv.metadata) == Some(provisioner) {
+            let r = Recorded::from_pv(pv).ok()?;
+            (r.server == target.server && r.share == target.share).then_some((pv, r.directory))
+        } else {
+            None
+        }
+    })
 }
 
 /// The pure audit of one share: `pvs` are all the cluster's PVs, `snapshot` what a scan
@@ -279,8 +291,8 @@ pub fn compare(
     let mut report = ShareReport::new(target, under);
     report.covered_by = ptrs.covering(&root);
 
-    for (pv, rec) in ours_on(target, &policy.provisioner, pvs) {
-        let dir = rec.directory.segments();
+    for (pv, directory) in ours_on(target, policy, pvs) {
+        let dir = directory.segments();
         if dir.len() <= root.len() || !dir.starts_with(&root) {
             continue;
         }
@@ -298,7 +310,7 @@ pub fn compare(
                     )
                 }),
                 deleting: pv.metadata.deletion_timestamp.is_some(),
-                directory: rec.directory.to_string(),
+                directory: directory.to_string(),
                 reason,
             });
         }

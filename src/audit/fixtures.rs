@@ -115,6 +115,7 @@ pub(crate) fn policy(prune_days: Option<u64>) -> Policy {
         prune_older_than: prune_days.map(|d| Duration::from_secs(d * 86400)),
         apply: false,
         now: NOW,
+        adopt: None,
     }
 }
 

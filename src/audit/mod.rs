@@ -1,7 +1,8 @@
 //! The `audit` command: compare the PVs this provisioner made with what is on their shares.
 //!
 //! It lists the PVs provisioned by this provisioner name, groups them by the server and
-//! share their annotations record (plus any `--server`/`--share` pair given), walks each
+//! share their annotations record (plus any `--server`/`--share` pair given, and the
+//! adopted share with `--adopt-provisioned-by`, whose PVs count as ours), walks each
 //! share and reports:
 //!
 //! - **missing**: PVs of ours whose directory is not there (or is not a directory);
@@ -43,6 +44,7 @@ use crate::config::AuditArgs;
 use crate::error::BoxError;
 use crate::path::{PathError, RelPath, normalize_share};
 use crate::plan::Recorded;
+use crate::plan::adopt::{AdoptConfigError, Adoption};
 use crate::plan::record::provisioned_by;
 
 mod compare;
@@ -79,6 +81,8 @@ pub enum AuditError {
     Json(#[from] serde_json::Error),
     #[error("cannot write the report as YAML: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    #[error(transparent)]
+    Adopt(AdoptConfigError),
 }
 
 /// Settings of one audit.
@@ -91,6 +95,8 @@ pub struct Policy {
     pub apply: bool,
     /// Seconds since the epoch that ages are measured from.
     pub now: i64,
+    /// Another provisioner's PVs audited as ours on its share (`--adopt-provisioned-by`).
+    pub adopt: Option<Adoption>,
 }
 
 /// Audits one share: scans it (only under `under` when given), compares it with `pvs`
@@ -187,8 +193,24 @@ fn now() -> i64 {
         .unwrap_or_default()
 }
 
+/// Adopted PVs whose directory cannot be placed on the adopted share (another server, a
+/// path outside it): reported apart, like our PVs whose annotations cannot be read.
+fn unplaced(pvs: &[PersistentVolume], adoption: &Adoption) -> Vec<Unreadable> {
+    pvs.iter()
+        .filter(|pv| adoption.adopts(&pv.metadata))
+        .filter_map(|pv| {
+            adoption.locate(pv).err().map(|e| Unreadable {
+                pv: pv.metadata.name.clone().unwrap_or_default(),
+                error: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 async fn run_audit(args: &AuditArgs) -> Result<Report, AuditError> {
-    let explicit = explicit_targets(args)?;
+    let mut explicit = explicit_targets(args)?;
+    let adoption = args.adopt.adoption().map_err(AuditError::Adopt)?;
+    explicit.extend(adoption.as_ref().map(Adoption::target));
     let client = Client::try_default().await.map_err(AuditError::Client)?;
     let pvs = Api::<PersistentVolume>::all(client)
         .list(&ListParams::default())
@@ -200,8 +222,20 @@ async fn run_audit(args: &AuditArgs) -> Result<Report, AuditError> {
         prune_older_than: args.prune_archives_older_than,
         apply: args.apply,
         now: now(),
+        adopt: adoption,
     };
-    let (targets, unreadable) = targets(&pvs, &policy.provisioner, &explicit);
+    let (targets, mut unreadable) = targets(&pvs, &policy.provisioner, &explicit);
+    if let Some(a) = &policy.adopt {
+        // Under a name both provisioners use, the old PVs have no record of ours: they
+        // are adopted, not unreadable.
+        unreadable.retain(|u| {
+            !pvs.iter().any(|pv| {
+                pv.metadata.name.as_deref() == Some(u.pv.as_str()) && a.adopts(&pv.metadata)
+            })
+        });
+        unreadable.extend(unplaced(&pvs, a));
+        unreadable.sort_by(|a, b| a.pv.cmp(&b.pv));
+    }
     let shares = Shares::new(BackendConfig::Nfs3(args.nfs.options()));
     let mut reports = Vec::new();
     for target in &targets {

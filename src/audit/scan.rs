@@ -10,7 +10,7 @@ use super::AuditError;
 use super::compare::{
     Class, Entry, Pointers, Snapshot, child_of, class_of, descend, is_archive_name, key, peeks,
 };
-use crate::backend::{BackendError, Share};
+use crate::backend::{BackendError, NfsStatus, Share};
 use crate::path::RelPath;
 
 /// Lookups in flight at once while scanning one directory.
@@ -85,6 +85,17 @@ async fn scan_dir<S: Share>(
         .collect())
 }
 
+/// The server no longer knows the directory it was asked to list.
+fn vanished(e: &AuditError) -> bool {
+    matches!(
+        e,
+        AuditError::Backend(BackendError::Status {
+            status: NfsStatus::NFS3ERR_STALE | NfsStatus::NFS3ERR_NOENT,
+            ..
+        })
+    )
+}
+
 /// Walks the share from `root` the way [`compare`] reads the result.
 pub(super) async fn scan<S: Share>(
     share: &S,
@@ -100,9 +111,18 @@ pub(super) async fn scan<S: Share>(
             if let Some(inside) = descend(ptrs, &child, class, owned, entry.is_dir()) {
                 queue.push((child, inside));
             } else if peeks(class, &name, entry.is_dir()) {
-                let inner = scan_dir(share, ptrs, &child, false, true).await?;
-                let inner = inner.into_iter().map(|(n, _, e)| (n, e)).collect();
-                snap.dirs.insert(key(&child), inner);
+                match scan_dir(share, ptrs, &child, false, true).await {
+                    Ok(inner) => {
+                        let inner = inner.into_iter().map(|(n, _, e)| (n, e)).collect();
+                        snap.dirs.insert(key(&child), inner);
+                    }
+                    // Removed between its lookup and its listing (a reclaim under way).
+                    Err(e) if vanished(&e) => {
+                        entries.insert(name, Entry::Gone);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             entries.insert(name, entry);
         }

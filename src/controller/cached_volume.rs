@@ -3,7 +3,7 @@
 //! k8s-openapi's `PersistentVolumeSpec` holds every in-tree volume source inline, so
 //! each cached PV costs several KiB even when all of them are empty, and the cache
 //! holds every PV of the cluster, not only ours. This type keeps the metadata, the
-//! three spec fields reclaim reads and the status; a reconcile turns it back into a
+//! four spec fields reclaim reads and the status; a reconcile turns it back into a
 //! `PersistentVolume` with [`CachedVolume::to_volume`].
 //!
 //! Metadata is read without `managedFields` (skipped while parsing, never built: they
@@ -46,6 +46,9 @@ pub struct CachedVolumeSpec {
     /// (a map's node costs about half a KiB per PV), and cut from others' volumes.
     #[serde(default, deserialize_with = "storage_only")]
     pub capacity: Option<Quantity>,
+    /// Read for adopted volumes only: their class says what their release does.
+    #[serde(default)]
+    pub storage_class_name: Option<String>,
 }
 
 fn storage_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Quantity>, D::Error> {
@@ -101,12 +104,13 @@ impl CachedVolume {
             .is_some_and(|p| p == provisioner)
     }
 
-    /// Cuts a volume another provisioner made to what the directory checks read (name,
-    /// deletion, NFS path, the claim's namespace, reclaim policy, phase): reclaim skips it
-    /// for its missing provisioned-by annotation, as it would have with the annotation.
-    /// An update that makes it ours arrives whole and is kept whole.
-    pub fn strip_foreign(&mut self, provisioner: &str) {
-        if self.provisioned_by(provisioner) {
+    /// Cuts a volume none of `kept` (our name, and the adopted ones) made to what the
+    /// directory checks read (name, deletion, NFS path, the claim's namespace, reclaim
+    /// policy, phase): reclaim skips it for its missing provisioned-by annotation, as it
+    /// would have with the annotation. An update that makes it ours arrives whole and is
+    /// kept whole.
+    pub fn strip_foreign(&mut self, kept: &[String]) {
+        if kept.iter().any(|p| self.provisioned_by(p)) {
             return;
         }
         let meta = &mut self.metadata;
@@ -121,6 +125,7 @@ impl CachedVolume {
                 namespace: r.namespace,
                 ..Default::default()
             });
+            spec.storage_class_name = None;
         }
         self.status = self.status.take().map(|s| PersistentVolumeStatus {
             phase: s.phase,
@@ -139,6 +144,7 @@ impl CachedVolume {
                     .capacity
                     .clone()
                     .map(|q| BTreeMap::from([("storage".to_string(), q)])),
+                storage_class_name: s.storage_class_name.clone(),
                 ..Default::default()
             }),
             status: self.status.clone(),
@@ -193,6 +199,7 @@ mod tests {
                 "nfs": {"server": "10.0.0.1", "path": "/srv/a/dir"},
                 "claimRef": {"namespace": "ns", "name": "c", "uid": "cu"},
                 "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": "nfs",
                 "mountOptions": ["nfsvers=3"]
             },
             "status": {"phase": "Released"}
@@ -210,6 +217,7 @@ mod tests {
             f.persistent_volume_reclaim_policy
         );
         assert_eq!(b.capacity, f.capacity);
+        assert_eq!(b.storage_class_name, f.storage_class_name);
         assert_eq!(cached.nfs_path(), Some("/srv/a/dir"));
         // What the slim form is for.
         assert!(std::mem::size_of::<CachedVolume>() * 4 < std::mem::size_of::<PersistentVolume>());
@@ -230,7 +238,8 @@ mod tests {
                     "capacity": {"storage": "1Gi"},
                     "nfs": {"server": "s", "path": "/srv/x"},
                     "claimRef": {"namespace": "ns", "name": "c", "uid": "cu"},
-                    "persistentVolumeReclaimPolicy": "Delete"
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": "managed-nfs"
                 },
                 "status": {"phase": "Released", "message": "m"}
             })
@@ -238,7 +247,7 @@ mod tests {
         let mut foreign: CachedVolume = serde_json::from_value(json("other")).unwrap();
         assert!(foreign.metadata.managed_fields.is_none());
         assert_eq!(foreign.metadata.resource_version.as_deref(), Some("7"));
-        foreign.strip_foreign("ours");
+        foreign.strip_foreign(&["ours".to_string()]);
         assert!(foreign.metadata.annotations.is_none() && foreign.metadata.labels.is_none());
         assert!(foreign.metadata.finalizers.is_none());
         assert_eq!(foreign.metadata.name.as_deref(), Some("pv-1"));
@@ -259,11 +268,24 @@ mod tests {
 
         // Ours stays whole: reclaim reads its annotations, finalizers and claim.
         let mut ours: CachedVolume = serde_json::from_value(json("ours")).unwrap();
-        ours.strip_foreign("ours");
+        ours.strip_foreign(&["ours".to_string()]);
         let whole: CachedVolume = serde_json::from_value(json("ours")).unwrap();
         assert_eq!(ours.to_volume(), whole.to_volume());
         assert!(ours.metadata.finalizers.is_some());
         assert!(ours.spec.as_ref().unwrap().capacity.is_some());
+
+        // So does an adopted one: its reclaim reads its annotations, claim and class.
+        let kept = ["ours".to_string(), "incumbent".to_string()];
+        let mut adopted: CachedVolume = serde_json::from_value(json("incumbent")).unwrap();
+        adopted.strip_foreign(&kept);
+        let whole: CachedVolume = serde_json::from_value(json("incumbent")).unwrap();
+        assert_eq!(adopted.to_volume(), whole.to_volume());
+        let spec = adopted.spec.as_ref().unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("managed-nfs"));
+        assert_eq!(spec.claim_ref.as_ref().unwrap().uid.as_deref(), Some("cu"));
+        let mut other: CachedVolume = serde_json::from_value(json("other")).unwrap();
+        other.strip_foreign(&kept);
+        assert!(other.spec.as_ref().unwrap().storage_class_name.is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the two controllers: one provisions claims ([`provision`]) and grows bound ones
 //! ([`expand`]), one reclaims released volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
 
+mod adopt;
 mod cache;
 pub mod cached_volume;
 mod directories;
@@ -28,6 +29,7 @@ use tracing::info;
 
 use crate::backend::Shares;
 use crate::params::Defaults;
+use crate::plan::adopt::Adoption;
 use cache::{CLAIM_PAGE_SIZE, Served, cached, streams_lists, strip, strip_claim, synced};
 use cached_volume::CachedVolume;
 pub(crate) use retry::Reclaimed;
@@ -42,6 +44,8 @@ pub struct Context {
     pub shares: Shares,
     pub classes: Store<StorageClass>,
     pub volumes: Store<CachedVolume>,
+    /// Another provisioner's volumes reclaimed as it would have (`--adopt-provisioned-by`).
+    pub adoption: Option<Adoption>,
     directories: directories::Directories,
     /// Consecutive failures per object uid and when the last one was, for exponential
     /// backoff that never gives up. Entries of objects that stopped failing without
@@ -73,11 +77,28 @@ impl Context {
             shares,
             classes,
             volumes,
+            adoption: None,
             directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
             placements: Default::default(),
         }
+    }
+}
+
+impl Context {
+    pub fn with_adoption(mut self, adoption: Option<Adoption>) -> Self {
+        self.adoption = adoption;
+        self
+    }
+
+    /// The provisioner names whose PVs the cache keeps whole: ours and the adopted ones.
+    fn kept_whole(&self) -> Vec<String> {
+        let mut names = vec![self.provisioner.clone()];
+        if let Some(a) = &self.adoption {
+            names.extend(a.provisioners.iter().cloned());
+        }
+        names
     }
 }
 
@@ -106,7 +127,7 @@ pub async fn run(
     );
     // The provisioner's name is in the context, made once the stores exist; the streams
     // run only after that. Until it is set, nothing is cut.
-    let provisioner = Arc::new(std::sync::OnceLock::<String>::new());
+    let provisioner = Arc::new(std::sync::OnceLock::<Vec<String>>::new());
     let (volumes, volume_events) =
         cached(Api::<CachedVolume>::all(client.clone()), admin_made(), {
             let provisioner = provisioner.clone();
@@ -138,7 +159,7 @@ pub async fn run(
         },
     );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
-    let _ = provisioner.set(ctx.provisioner.clone());
+    let _ = provisioner.set(ctx.kept_whole());
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.
@@ -227,6 +248,7 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     mod expanding;
+    mod adopting;
     mod harness;
     mod placement;
     mod provisioning;

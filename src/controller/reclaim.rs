@@ -12,7 +12,7 @@ use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
 use super::cached_volume::CachedVolume;
-use super::{Context, Error, Reclaimed, directories, name_of, uid_of};
+use super::{Context, Error, Reclaimed, adopt, directories, name_of, uid_of};
 use crate::backend::{Removed, Renamed, Share};
 use crate::metrics;
 use crate::plan::release::CoUser;
@@ -22,7 +22,7 @@ use crate::plan::{self, FINALIZER, PvDecision, ReclaimPlan, ReclaimStep};
 pub async fn reconcile(cached: Arc<CachedVolume>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.directories.seen(&name_of(cached.as_ref()));
     let pv = cached.to_volume();
-    match plan::decide_pv(&pv, &ctx.provisioner) {
+    match adopt::decide(&pv, &ctx) {
         PvDecision::Skip(why) => {
             debug!(why, "nothing to do");
             Ok(Action::await_change())
@@ -113,19 +113,20 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
                     name: v.metadata.name.as_deref()?,
                     path: v.nfs_path()?,
                     releasing: directories::releasing(v),
-                    // Only our own PVs' wishes count; others' data stays for their owner.
+                    // Only our own and adopted PVs' wishes count; others' data stays
+                    // for their owner.
                     on_delete: (plan::record::provisioned_by(&v.metadata)
                         == Some(ctx.provisioner.as_str()))
                     .then(|| plan::record::recorded_on_delete(&v.metadata))
-                    .flatten(),
+                    .flatten()
+                    .or_else(|| adopt::co_user_wish(v, ctx)),
                 })
             })
             .collect()
     };
-    let plan = match plan::plan_reclaim(pv, others) {
+    let plan = match adopt::plan(pv, ctx, others) {
         Ok(p) => p,
-        Err(e) => {
-            let msg = e.to_string();
+        Err(msg) => {
             ctx.publish(pv, EventType::Warning, "VolumeFailedDelete", msg.clone())
                 .await;
             metrics::deleted("refused", started.elapsed(), false);

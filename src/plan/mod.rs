@@ -9,12 +9,14 @@
 //! - [`release`]: directories shared by several released volumes, archive names;
 //! - [`placement`]: which of a class's exports a new volume goes to, and when none has room.
 //! - [`expand`]: growing a bound claim's volume, and [`quantity`], the sizes it compares.
+//! - [`adopt`]: the volumes of another provisioner reclaimed as it would have.
 
 use thiserror::Error;
 
 use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
+pub mod adopt;
 pub mod claim;
 pub mod expand;
 #[cfg(test)]

@@ -128,7 +128,17 @@ pub fn plan_reclaim<'a>(
     others: impl FnOnce() -> Vec<CoUser<'a>>,
 ) -> Result<ReclaimPlan, ReclaimRefusal> {
     let rec = Recorded::from_pv(pv)?;
-    let pv_name = pv.metadata.name.as_deref().unwrap_or_default();
+    plan_recorded(rec, pv.metadata.name.as_deref().unwrap_or_default(), others)
+}
+
+/// The reclaim plan of the released PV `pv_name` whose data is described by `rec`: from
+/// its annotations ([`plan_reclaim`]) or, for an adopted volume, from its class
+/// (`plan::adopt`).
+pub(crate) fn plan_recorded<'a>(
+    rec: Recorded,
+    pv_name: &str,
+    others: impl FnOnce() -> Vec<CoUser<'a>>,
+) -> Result<ReclaimPlan, ReclaimRefusal> {
     let full = rec.full_path();
     let step = if rec.on_delete == OnDelete::Retain {
         // Nothing will be touched: whoever else uses the directory does not matter.

@@ -69,6 +69,16 @@ pub fn recorded_on_delete(meta: &ObjectMeta) -> Option<OnDelete> {
     meta.annotations.as_ref()?.get(ANN_ON_DELETE)?.parse().ok()
 }
 
+/// Whether the PV carries any of our record's annotations (valid or not): such a PV is
+/// reclaimed from its record or refused, never adopted.
+pub fn has_record(meta: &ObjectMeta) -> bool {
+    meta.annotations.as_ref().is_some_and(|a| {
+        [ANN_SERVER, ANN_SHARE, ANN_DIRECTORY, ANN_ON_DELETE]
+            .iter()
+            .any(|k| a.contains_key(*k))
+    })
+}
+
 /// Whether our finalizer is on the object.
 pub fn has_finalizer(meta: &ObjectMeta) -> bool {
     meta.finalizers

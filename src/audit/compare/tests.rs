@@ -321,3 +321,37 @@ fn paths_compare_as_paths() {
 fn p2(a: &str, b: &str) -> Vec<String> {
     vec![a.into(), b.into()]
 }
+
+#[test]
+fn adopted_volumes_are_counted_and_checked_like_ours() {
+    let incumbent = "k8s-sigs.io/nfs-subdir-external-provisioner";
+    let adopted = |name: &str, path: &str| {
+        let mut pv = foreign(name, "10.0.0.5", path);
+        pv.metadata.annotations = Some(BTreeMap::from([(
+            ANN_PROVISIONED_BY.to_string(),
+            incumbent.to_string(),
+        )]));
+        pv
+    };
+    let pvs = [
+        ours("pvc-1", "ns-a-pvc-1", "Bound"),
+        adopted("pvc-old", "/srv/k8s/ns-b-old-pvc-old"),
+        adopted("pvc-gone", "/srv/k8s/ns-b-gone-pvc-gone"),
+        adopted("pvc-far", "/srv/elsewhere/x"),
+    ];
+    let snap = snapshot(&[("", &[("ns-a-pvc-1", dir(1)), ("ns-b-old-pvc-old", dir(1))])]);
+    let without = compare(&target(), &pvs, None, &snap, &policy(None));
+    assert_eq!(without.volumes, 1);
+    assert!(without.missing.is_empty());
+
+    let mut with = policy(None);
+    with.adopt = Some(crate::plan::adopt::Adoption {
+        provisioners: vec![incumbent.into()],
+        server: "10.0.0.5".into(),
+        share: "/srv/k8s".into(),
+    });
+    let r = compare(&target(), &pvs, None, &snap, &with);
+    assert_eq!(r.volumes, 3, "ours and the two adopted PVs on this share");
+    assert_eq!(paths(&r.missing, |m| &m.pv), ["pvc-gone"]);
+    assert!(r.orphans.is_empty(), "{:?}", r.orphans);
+}

@@ -325,6 +325,12 @@ impl Harness {
         });
     }
 
+    /// Adopts another provisioner's volumes, as `--adopt-provisioned-by` does.
+    pub fn adopt(&mut self, adoption: crate::plan::adopt::Adoption) {
+        let ctx = Arc::get_mut(&mut self.ctx).expect("the context is not shared yet");
+        ctx.adoption = Some(adoption);
+    }
+
     pub fn add_class(&mut self, class: StorageClass) {
         self.classes
             .apply_watcher_event(&watcher::Event::Apply(class));
