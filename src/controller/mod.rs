@@ -7,8 +7,8 @@ mod cache;
 pub mod cached_volume;
 mod directories;
 mod events;
-mod placement;
 mod expand;
+mod placement;
 mod provision;
 mod reclaim;
 mod retry;
@@ -247,8 +247,8 @@ pub(crate) fn uid_of<K: ResourceExt>(obj: &K) -> String {
 // The reconcilers against a scripted API server, in src/controller/tests/.
 #[cfg(test)]
 mod tests {
-    mod expanding;
     mod adopting;
+    mod expanding;
     mod harness;
     mod placement;
     mod provisioning;
