@@ -39,6 +39,22 @@ async fn mounted_backend_conformance() {
 }
 
 #[tokio::test]
+async fn mounted_backend_copies_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = MountedShare::new(dir.path().to_path_buf());
+    conformance::copy_is_faithful_and_never_follows(&share, "c", dir.path(), true).await;
+}
+
+#[tokio::test]
+async fn nfs3_backend_copies_trees() {
+    let share = export1();
+    let scratch = common::scratch(&common::nfs().export1, "copy");
+    std::fs::create_dir(&scratch.path).unwrap();
+    let disk = &common::nfs().export1;
+    conformance::copy_is_faithful_and_never_follows(&share, &scratch.name, disk, false).await;
+}
+
+#[tokio::test]
 async fn nfs3_backend_conformance() {
     let share = export1();
     let scratch = common::scratch(&common::nfs().export1, "backend");
