@@ -6,7 +6,8 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`clone`]: whether a claim asks for a copy of another claim, and may have it.
 
 use thiserror::Error;
 
@@ -14,6 +15,7 @@ use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
 pub mod claim;
+pub mod clone;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
@@ -62,8 +64,12 @@ pub enum PlanError {
         "claims with a selector are not supported: a dynamically provisioned volume has no labels to match"
     )]
     Selector,
-    #[error("claims with a dataSource are not supported: this provisioner cannot clone or restore")]
+    #[error(
+        "claims with a dataSource other than a PersistentVolumeClaim are not supported: this provisioner clones only claims"
+    )]
     DataSource,
+    #[error("cannot clone: {0}")]
+    Clone(#[from] clone::CloneRefusal),
     #[error("the claim requests no storage size (spec.resources.requests.storage)")]
     NoSize,
     #[error("the claim has no access modes")]
