@@ -85,6 +85,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                     classes,
                     volumes,
                 )
+                .with_max_clones(args.max_concurrent_clones)
             }
         }
     };

@@ -4,6 +4,7 @@
 
 mod cache;
 pub mod cached_volume;
+mod clone;
 mod directories;
 mod events;
 mod provision;
@@ -49,6 +50,8 @@ pub struct Context {
     /// more event for it (deletion timestamp set, our finalizer still on) from before
     /// the finalizer went; this spares running the idempotent steps again for it.
     reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
+    /// Clone copies under way, by claim uid (see [`clone`]).
+    clones: clone::Clones,
 }
 
 impl Context {
@@ -72,7 +75,14 @@ impl Context {
             directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
+            clones: clone::Clones::default(),
         }
+    }
+
+    /// How many clone copies may run at once.
+    pub fn with_max_clones(mut self, max: usize) -> Self {
+        self.clones = clone::Clones::new(max);
+        self
     }
 }
 

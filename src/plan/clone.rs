@@ -27,7 +27,9 @@ pub enum CloneRefusal {
     Missing(String),
     #[error("source claim {0:?} is being deleted")]
     Deleting(String),
-    #[error("source claim {claim:?} has StorageClass {source_class:?}; a clone must use the same class")]
+    #[error(
+        "source claim {claim:?} has StorageClass {source_class:?}; a clone must use the same class"
+    )]
     OtherClass { claim: String, source_class: String },
     #[error("source claim {0:?} is not bound to a volume yet")]
     Unbound(String),
@@ -58,10 +60,14 @@ pub fn requested(pvc: &PersistentVolumeClaim) -> Result<Option<String>, PlanErro
         return Ok(None);
     };
     let own_ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
-    let plain = spec
-        .data_source
-        .as_ref()
-        .map(|d| (d.api_group.as_deref(), d.kind.as_str(), d.name.as_str(), None));
+    let plain = spec.data_source.as_ref().map(|d| {
+        (
+            d.api_group.as_deref(),
+            d.kind.as_str(),
+            d.name.as_str(),
+            None,
+        )
+    });
     let by_ref = spec.data_source_ref.as_ref().map(|d| {
         (
             d.api_group.as_deref(),
@@ -138,7 +144,8 @@ pub fn check_source(
     }
     let recorded = Recorded::from_pv(volume).map_err(|_| refuse(CloneRefusal::Unrecorded))?;
     let there = recorded.target();
-    if (there.server.as_str(), there.share.as_str()) != (target.server.as_str(), target.share.as_str())
+    if (there.server.as_str(), there.share.as_str())
+        != (target.server.as_str(), target.share.as_str())
     {
         return Err(refuse(CloneRefusal::OtherShare));
     }
@@ -258,7 +265,11 @@ mod tests {
             ClaimDecision::Provision
         ));
         assert!(matches!(
-            decide_claim(&asking("VolumeSnapshot", Some("snapshot.storage.k8s.io"), "s"), Some(&c), PROV),
+            decide_claim(
+                &asking("VolumeSnapshot", Some("snapshot.storage.k8s.io"), "s"),
+                Some(&c),
+                PROV
+            ),
             ClaimDecision::Refuse(PlanError::DataSource)
         ));
         assert!(matches!(
@@ -275,10 +286,7 @@ mod tests {
         assert_eq!(Some(ok.volume.as_str()), volume.metadata.name.as_deref());
         assert_eq!(ok.directory.to_string(), "team-a-data-pvc-0b5e");
 
-        assert_eq!(
-            check(None, None),
-            Err(CloneRefusal::Missing("data".into()))
-        );
+        assert_eq!(check(None, None), Err(CloneRefusal::Missing("data".into())));
         let mut elsewhere = src.clone();
         elsewhere.metadata.namespace = Some("team-b".into());
         assert!(matches!(
@@ -308,7 +316,14 @@ mod tests {
             Err(CloneRefusal::Unbound("data".into()))
         );
         let mut rebound = volume.clone();
-        rebound.spec.as_mut().unwrap().claim_ref.as_mut().unwrap().uid = Some("else".into());
+        rebound
+            .spec
+            .as_mut()
+            .unwrap()
+            .claim_ref
+            .as_mut()
+            .unwrap()
+            .uid = Some("else".into());
         assert_eq!(
             check(Some(&src), Some(&rebound)),
             Err(CloneRefusal::Unbound("data".into()))
