@@ -17,13 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use super::cached_volume::CachedVolume;
 use super::{Context, Error, name_of, uid_of};
 use crate::backend::{
     AnyShare, BackendError, Copied, CopyProgress, DirAttrs, PARENT_MODE, Renamed, Share, stamped,
@@ -240,6 +242,7 @@ async fn start(
             top: volume.attrs,
             progress: progress.clone(),
             client: ctx.client.clone(),
+            volumes: ctx.volumes.clone(),
             claim: pvc.clone(),
             target: volume.target.clone(),
             provisioner: ctx.provisioner.clone(),
@@ -310,11 +313,22 @@ async fn current_source(
     volume: &ProvisionPlan,
     ctx: &Context,
 ) -> Result<Result<CloneSource, CloneRefusal>, Error> {
-    look_up(&ctx.client, pvc, source, &volume.target, &ctx.provisioner).await
+    look_up(
+        &ctx.client,
+        &ctx.volumes,
+        pvc,
+        source,
+        &volume.target,
+        &ctx.provisioner,
+    )
+    .await
 }
 
+/// The source claim is read from the API server; its volume from the cache, which holds
+/// our PVs whole (and the provisioner may not read single PVs).
 async fn look_up(
     client: &kube::Client,
+    volumes: &Store<CachedVolume>,
     pvc: &PersistentVolumeClaim,
     source: &str,
     target: &crate::backend::Target,
@@ -334,15 +348,8 @@ async fn look_up(
         .as_ref()
         .and_then(|c| c.spec.as_ref()?.volume_name.clone())
         .filter(|v| !v.is_empty());
-    let pv = match bound {
-        Some(name) => {
-            let pvs: Api<PersistentVolume> = Api::all(client.clone());
-            tokio::time::timeout(API_DEADLINE, pvs.get_opt(&name))
-                .await
-                .map_err(|_| deadline("the source volume"))??
-        }
-        None => None,
-    };
+    let pv = bound.and_then(|name| volumes.get(&ObjectRef::new(&name)));
+    let pv = pv.map(|v| v.to_volume());
     Ok(check_source(
         pvc,
         source,
@@ -361,6 +368,7 @@ struct Job {
     top: DirAttrs,
     progress: Arc<CopyProgress>,
     client: kube::Client,
+    volumes: Store<CachedVolume>,
     claim: PersistentVolumeClaim,
     target: crate::backend::Target,
     provisioner: String,
@@ -410,6 +418,7 @@ async fn still_wanted(job: &Job) -> bool {
     !matches!(
         look_up(
             &job.client,
+            &job.volumes,
             &job.claim,
             &job.from.claim,
             &job.target,
