@@ -279,7 +279,7 @@ pub mod clone_tree {
         times(&src.join("sub/rel"), 1_300_000_000, 1_300_000_000, 0);
         rustix::fs::mknodat(
             CWD,
-            &src.join("pipe"),
+            src.join("pipe"),
             FileType::Fifo,
             Mode::from_raw_mode(0o620),
             0,
