@@ -41,6 +41,8 @@ pub const CLONES_DIR: &str = ".nfs3-provisioner/clones";
 const WATCH: Duration = Duration::from_secs(5);
 /// How often the claim of a running copy comes back to look at it.
 const POLL: Duration = Duration::from_secs(2);
+/// A finished copy nobody came back for (its claim deleted) is forgotten after this.
+const FORGET: Duration = Duration::from_secs(3600);
 /// Deadline of each API read made for a clone.
 const API_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -249,14 +251,20 @@ async fn start(
         },
         ctx.clones.limit.clone(),
     ));
-    ctx.clones.lock().insert(
-        uid.to_string(),
-        Task {
-            progress,
-            started: Instant::now(),
-            handle,
-        },
-    );
+    {
+        let mut tasks = ctx.clones.lock();
+        // Copies of claims deleted meanwhile stop by themselves and are never taken up.
+        tasks.retain(|_, t| !t.handle.is_finished() || t.started.elapsed() < FORGET);
+        let started = Instant::now();
+        tasks.insert(
+            uid.to_string(),
+            Task {
+                progress,
+                started,
+                handle,
+            },
+        );
+    }
     ctx.publish(
         pvc,
         EventType::Normal,
