@@ -214,6 +214,46 @@ async fn nfs3_deep_tree_is_reclaimed_with_bounded_memory() {
     fs::remove_dir(export.join(&base)).unwrap();
 }
 
+/// Cloning a tree 2000 levels deep of 200-byte names holds a frame per level (two
+/// handles, a cookie, a name), not a path per level: the copy stays below the same bound
+/// as removal, and the copy's chain is as deep as the source's.
+#[tokio::test]
+async fn nfs3_deep_tree_is_cloned_with_bounded_memory() {
+    use nfs3_provisioner::backend::CopyProgress;
+    const DEPTH: usize = 2000;
+    const BOUND: usize = 16 << 20;
+    let export = &common::nfs().export1;
+    let scratch = common::scratch(export, "deepcopy");
+    let base = scratch.name.clone();
+    let name = "n".repeat(200);
+    plant_chain(&export.join(&base).join("vol"), DEPTH, &name);
+    let share = Nfs3Share::new(target(export, None), Nfs3Options::default());
+    let started = Instant::now();
+    let (copied, peak) = peak_of(share.copy_tree(
+        &rel(&format!("{base}/vol")),
+        &rel(&format!("{base}/copy")),
+        RWX,
+        Arc::new(CopyProgress::default()),
+    ))
+    .await;
+    eprintln!(
+        "deep nfs3 tree ({DEPTH} levels of 200-byte names): copied {copied:?} in {:?}, peak allocation {:.1} MiB",
+        started.elapsed(),
+        peak as f64 / f64::from(1 << 20)
+    );
+    let copied = copied.unwrap();
+    assert_eq!(copied.dirs, DEPTH as u64);
+    assert_eq!(copied.files, DEPTH as u64 / 100);
+    let depth =
+        common::conformance::clone_tree::chain_depth(&export.join(&base).join("copy"), &name);
+    assert_eq!(depth, DEPTH);
+    assert!(
+        peak < BOUND,
+        "the copy held {peak} bytes at its peak; bound {BOUND}"
+    );
+    share.remove_tree(&rel(&base)).await.unwrap();
+}
+
 /// Issue 11, item 2, mounted backend: 20000 levels used to overflow the stack of
 /// `remove_dir_all` or run out of descriptors. Symlinks on the way stay unfollowed.
 #[tokio::test]
