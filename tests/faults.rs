@@ -306,6 +306,51 @@ async fn mounted_deep_tree_is_reclaimed() {
     assert!(most < 512, "{most} descriptors open at once");
 }
 
+/// On a root-squashing export the copy acts as the anonymous user: what it can read is
+/// copied, each owner it cannot give back is counted (not fatal), and the copies belong
+/// to the anonymous user.
+#[tokio::test]
+async fn a_clone_on_a_squashing_export_counts_the_owners_it_cannot_set() {
+    use nfs3_provisioner::backend::CopyProgress;
+    use std::os::unix::fs::MetadataExt;
+    let export = export3().await;
+    let scratch = common::scratch(&export, "squashcopy");
+    let base = scratch.name.clone();
+    let vol = export.join(&base).join("vol");
+    fs::create_dir_all(vol.join("sub")).unwrap();
+    fs::write(vol.join("a"), b"readable by all").unwrap();
+    fs::write(vol.join("sub/b"), b"also").unwrap();
+    for (p, mode) in [
+        (export.join(&base), 0o777),
+        (vol.clone(), 0o755),
+        (vol.join("sub"), 0o755),
+        (vol.join("a"), 0o644),
+        (vol.join("sub/b"), 0o644),
+    ] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for p in [vol.join("a"), vol.join("sub"), vol.join("sub/b")] {
+        chown(&p, Some(4242), Some(4242)).unwrap();
+    }
+    let share = Nfs3Share::new(target(&export, None), Nfs3Options::default());
+    let copied = share
+        .copy_tree(
+            &rel(&format!("{base}/vol")),
+            &rel(&format!("{base}/copy")),
+            RWX,
+            Arc::new(CopyProgress::default()),
+        )
+        .await
+        .expect("what is readable is copied");
+    assert_eq!((copied.files, copied.dirs), (2, 1));
+    assert_eq!(copied.owners_refused, 3, "{copied:?}");
+    let copy = export.join(&base).join("copy");
+    assert_eq!(fs::read(copy.join("sub/b")).unwrap(), b"also");
+    let a = fs::metadata(copy.join("a")).unwrap();
+    assert_ne!(a.uid(), 4242, "the server refused the owner");
+    assert_eq!(a.mode() & 0o7777, 0o644, "the mode is still set");
+}
+
 /// Issue 11, item 3: one parallel worker fails (root_squash, and a `chmod 555`
 /// directory of another uid) while its siblings are mid-call. Their connections used to
 /// go back to the pool with a reply unread, and every later call on them failed.
