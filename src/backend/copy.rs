@@ -75,6 +75,21 @@ pub struct Copied {
     pub owners_refused: u64,
 }
 
+impl Copied {
+    /// Adds what another part of the same copy did.
+    pub fn add(&mut self, o: &Copied) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.fifos += o.fifos;
+        self.bytes += o.bytes;
+        self.hard_links += o.hard_links;
+        self.links_copied_apart += o.links_copied_apart;
+        self.specials_skipped += o.specials_skipped;
+        self.owners_refused += o.owners_refused;
+    }
+}
+
 impl std::fmt::Display for Copied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

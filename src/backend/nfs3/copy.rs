@@ -9,7 +9,9 @@
 //! [`CHUNK`] at a time; each file is committed before its attributes are set, so a
 //! finished copy is on the server's disk, not in its cache.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nfs3_client::nfs3_types::nfs3::{
     self, COMMIT3args, CREATE3args, LINK3args, MKDIR3args, MKNOD3args, Nfs3Option, Nfs3Result,
@@ -28,6 +30,8 @@ use crate::path::RelPath;
 /// Mode of a directory while it is being filled: ours to write into, closed to others.
 const FILLING_DIR: u32 = 0o700;
 const FILLING_FILE: u32 = 0o600;
+/// Sessions one copy may use at once for the files of a directory, its own included.
+const COPY_PARALLELISM: usize = 4;
 
 /// A directory being copied.
 struct Frame {
@@ -136,6 +140,7 @@ pub(super) async fn copy_tree(
         let (entries, verf, eof) = s.entries(&src, frame.cookie, frame.verf, &here).await?;
         let mut cookie = frame.cookie;
         let mut descend = None;
+        let mut batch = VecDeque::new();
         for e in entries {
             if progress.is_cancelled() {
                 return Err(BackendError::Cancelled { path: to_path });
@@ -169,6 +174,14 @@ pub(super) async fn copy_tree(
                     });
                     break;
                 }
+                // Files of one link go in parallel; the others one at a time, so
+                // every later name of a file finds its first copy.
+                ftype3::NF3REG if a.nlink <= 1 => batch.push_back(FileJob {
+                    fh,
+                    attrs: a,
+                    name: e.name,
+                    path: child,
+                }),
                 ftype3::NF3REG => {
                     s.copy_file(
                         &fh,
@@ -209,6 +222,7 @@ pub(super) async fn copy_tree(
                 _ => copied.specials_skipped += 1,
             }
         }
+        copy_files(share, &mut s, &dst, batch, progress, &mut copied).await?;
         if let Some(f) = stack.last_mut() {
             // A listing that ends without moving on would be read again forever.
             let stuck = cookie == f.cookie && descend.is_none();
@@ -228,6 +242,94 @@ pub(super) async fn copy_tree(
     }
     s.setattr(&dst, full, &to_path).await?;
     Ok(copied)
+}
+
+/// A regular file of one link, to copy into the directory being filled.
+struct FileJob {
+    fh: nfs_fh3,
+    attrs: fattr3,
+    name: Vec<u8>,
+    path: String,
+}
+
+/// Copies `jobs` into `dst` on this session and on as many spare ones as the pool has
+/// free right now (at most [`COPY_PARALLELISM`] in all): small files cost a few round
+/// trips each, which one connection would wait for one after another. The first error
+/// stops the others after the call they are in.
+async fn copy_files<'a>(
+    share: &'a Nfs3Share,
+    s: &mut Session<'a>,
+    dst: &nfs_fh3,
+    jobs: VecDeque<FileJob>,
+    progress: &CopyProgress,
+    copied: &mut Copied,
+) -> Result<(), BackendError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut extra = Vec::new();
+    while extra.len() + 1 < COPY_PARALLELISM.min(jobs.len()) {
+        match share.spare_session().await {
+            Some(x) => extra.push(x),
+            None => break,
+        }
+    }
+    let (queue, failed) = (Mutex::new(jobs), AtomicBool::new(false));
+    let mut workers = vec![Box::pin(drain(&mut *s, &queue, &failed, dst, progress))
+        as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>];
+    for mut x in extra {
+        let (queue, failed) = (&queue, &failed);
+        workers.push(Box::pin(async move {
+            drain(&mut x, queue, failed, dst, progress).await
+        }));
+    }
+    let mut first_err = None;
+    for r in futures::future::join_all(workers).await {
+        match r {
+            Ok(c) => copied.add(&c),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn drain(
+    s: &mut Session<'_>,
+    queue: &Mutex<VecDeque<FileJob>>,
+    failed: &AtomicBool,
+    dst: &nfs_fh3,
+    progress: &CopyProgress,
+) -> Result<Copied, BackendError> {
+    let mut copied = Copied::default();
+    // Files of one link never consult it.
+    let mut links = Links::new();
+    loop {
+        if failed.load(Ordering::SeqCst) {
+            return Ok(copied);
+        }
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let Some(job) = next else {
+            return Ok(copied);
+        };
+        let step = s
+            .copy_file(
+                &job.fh,
+                &job.attrs,
+                dst,
+                &job.name,
+                &job.path,
+                &mut links,
+                &mut copied,
+                progress,
+            )
+            .await;
+        if let Err(e) = step {
+            failed.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+    }
 }
 
 impl Session<'_> {
