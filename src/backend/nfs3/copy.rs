@@ -7,7 +7,8 @@
 //! one page at a time and left at the first subdirectory, whose whole subtree is copied
 //! before the listing goes on from that entry's cookie. File content moves one
 //! [`CHUNK`] at a time; each file is committed before its attributes are set, so a
-//! finished copy is on the server's disk, not in its cache.
+//! finished copy is on the server's disk, not in its cache. The single-link files a
+//! page lists are copied on up to [`COPY_PARALLELISM`] sessions (spare ones only).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
