@@ -165,7 +165,9 @@ async fn a_source_deleted_during_the_copy_leaves_no_volume() {
 
     fx.claim(&ns, "src", &class, json!({})).await;
     let src_pv = fx.bound_pv(&ns, "src", BIND).await;
-    plant_many(&on_disk(&src_pv), 400);
+    // Long enough through the delaying proxy (2000 files, several seconds) that the
+    // deletion lands in the middle of the copy, not after it.
+    plant_many(&on_disk(&src_pv), 2000);
     proxy.delay(Duration::from_millis(5));
     let copy = fx
         .claim_with(&ns, "copy", &class, json!({}), from("src"))
@@ -176,6 +178,14 @@ async fn a_source_deleted_during_the_copy_leaves_no_volume() {
         (entries(&stage) >= 20).then_some(())
     })
     .await;
+    // The copy holds no claim worker: another claim is provisioned meanwhile.
+    fx.claim(&ns, "plain", &class, json!({})).await;
+    fx.bound_pv(&ns, "plain", BIND).await;
+    assert_eq!(
+        p.metric("nfs3_provisioner_in_flight{kind=\"clone\"}"),
+        Some(1.0),
+        "the copy was still running"
+    );
     delete_claim(&client, &ns, "src").await;
 
     wait_event(
@@ -192,6 +202,13 @@ async fn a_source_deleted_during_the_copy_leaves_no_volume() {
     })
     .await;
     metric_reaches(&p, "nfs3_provisioner_clone_total{result=\"error\"}", 1.0).await;
+    // Stopped by the watch, or failing on the source's files as reclaim removed them:
+    // either way the copy ended unfinished.
+    let log = p.log_tail(400);
+    assert!(
+        log.contains("clone copy failed") && !log.contains("clone copied"),
+        "the running copy failed, not finished"
+    );
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
     assert_eq!(phase(&claims.get("copy").await.unwrap()), "Pending");
     assert!(
