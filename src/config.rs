@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// Claims and volumes worked on at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
+    /// Clone copies run at once; more clone claims wait for a slot (each copy runs
+    /// apart from the claim workers, which it never holds).
+    #[arg(long, env = "MAX_CONCURRENT_CLONES", default_value_t = 2)]
+    pub max_concurrent_clones: usize,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

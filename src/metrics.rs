@@ -22,6 +22,9 @@ pub struct Metrics {
     nfs_seconds: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
     leader: Gauge,
+    clone_bytes: Counter,
+    clone_entries: Counter,
+    clones: Family<Labels, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -77,6 +80,19 @@ impl Metrics {
             "1 when this instance holds the lease and acts",
             leader.clone(),
         );
+        let (clone_bytes, clone_entries) = (Counter::default(), Counter::default());
+        let clones = Family::<Labels, Counter>::default();
+        registry.register(
+            "clone_copied_bytes",
+            "Bytes of file content copied into clones",
+            clone_bytes.clone(),
+        );
+        registry.register(
+            "clone_copied_entries",
+            "Files, directories and links copied into clones",
+            clone_entries.clone(),
+        );
+        registry.register("clone", "Clone copies finished, by result", clones.clone());
         Self {
             registry,
             provisions,
@@ -86,6 +102,9 @@ impl Metrics {
             nfs_seconds,
             in_flight,
             leader,
+            clone_bytes,
+            clone_entries,
+            clones,
         }
     }
 }
@@ -124,6 +143,20 @@ pub fn deleted(action: &'static str, took: Duration, ok: bool) {
     if ok {
         m.delete_seconds.observe(took.as_secs_f64());
     }
+}
+
+/// Progress of clone copies; clones in progress are `in_flight{kind="clone"}`.
+pub fn clone_copied(entries: u64, bytes: u64) {
+    let m = get();
+    m.clone_entries.inc_by(entries);
+    m.clone_bytes.inc_by(bytes);
+}
+
+pub fn clone_finished(ok: bool) {
+    get()
+        .clones
+        .get_or_create(&vec![("result", result(ok))])
+        .inc();
 }
 
 pub fn set_leader(is_leader: bool) {

@@ -91,6 +91,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                     volumes,
                 )
                 .with_adoption(adoption)
+                .with_max_clones(args.max_concurrent_clones)
             }
         }
     };

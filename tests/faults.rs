@@ -214,6 +214,46 @@ async fn nfs3_deep_tree_is_reclaimed_with_bounded_memory() {
     fs::remove_dir(export.join(&base)).unwrap();
 }
 
+/// Cloning a tree 2000 levels deep of 200-byte names holds a frame per level (two
+/// handles, a cookie, a name), not a path per level: the copy stays below the same bound
+/// as removal, and the copy's chain is as deep as the source's.
+#[tokio::test]
+async fn nfs3_deep_tree_is_cloned_with_bounded_memory() {
+    use nfs3_provisioner::backend::CopyProgress;
+    const DEPTH: usize = 2000;
+    const BOUND: usize = 16 << 20;
+    let export = &common::nfs().export1;
+    let scratch = common::scratch(export, "deepcopy");
+    let base = scratch.name.clone();
+    let name = "n".repeat(200);
+    plant_chain(&export.join(&base).join("vol"), DEPTH, &name);
+    let share = Nfs3Share::new(target(export, None), Nfs3Options::default());
+    let started = Instant::now();
+    let (copied, peak) = peak_of(share.copy_tree(
+        &rel(&format!("{base}/vol")),
+        &rel(&format!("{base}/copy")),
+        RWX,
+        Arc::new(CopyProgress::default()),
+    ))
+    .await;
+    eprintln!(
+        "deep nfs3 tree ({DEPTH} levels of 200-byte names): copied {copied:?} in {:?}, peak allocation {:.1} MiB",
+        started.elapsed(),
+        peak as f64 / f64::from(1 << 20)
+    );
+    let copied = copied.unwrap();
+    assert_eq!(copied.dirs, DEPTH as u64);
+    assert_eq!(copied.files, DEPTH as u64 / 100);
+    let depth =
+        common::conformance::clone_tree::chain_depth(&export.join(&base).join("copy"), &name);
+    assert_eq!(depth, DEPTH);
+    assert!(
+        peak < BOUND,
+        "the copy held {peak} bytes at its peak; bound {BOUND}"
+    );
+    share.remove_tree(&rel(&base)).await.unwrap();
+}
+
 /// Issue 11, item 2, mounted backend: 20000 levels used to overflow the stack of
 /// `remove_dir_all` or run out of descriptors. Symlinks on the way stay unfollowed.
 #[tokio::test]
@@ -264,6 +304,51 @@ async fn mounted_deep_tree_is_reclaimed() {
     assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"keep");
     // Sampled, so it can miss a short peak; the whole test binary shares the count.
     assert!(most < 512, "{most} descriptors open at once");
+}
+
+/// On a root-squashing export the copy acts as the anonymous user: what it can read is
+/// copied, each owner it cannot give back is counted (not fatal), and the copies belong
+/// to the anonymous user.
+#[tokio::test]
+async fn a_clone_on_a_squashing_export_counts_the_owners_it_cannot_set() {
+    use nfs3_provisioner::backend::CopyProgress;
+    use std::os::unix::fs::MetadataExt;
+    let export = export3().await;
+    let scratch = common::scratch(&export, "squashcopy");
+    let base = scratch.name.clone();
+    let vol = export.join(&base).join("vol");
+    fs::create_dir_all(vol.join("sub")).unwrap();
+    fs::write(vol.join("a"), b"readable by all").unwrap();
+    fs::write(vol.join("sub/b"), b"also").unwrap();
+    for (p, mode) in [
+        (export.join(&base), 0o777),
+        (vol.clone(), 0o755),
+        (vol.join("sub"), 0o755),
+        (vol.join("a"), 0o644),
+        (vol.join("sub/b"), 0o644),
+    ] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    for p in [vol.join("a"), vol.join("sub"), vol.join("sub/b")] {
+        chown(&p, Some(4242), Some(4242)).unwrap();
+    }
+    let share = Nfs3Share::new(target(&export, None), Nfs3Options::default());
+    let copied = share
+        .copy_tree(
+            &rel(&format!("{base}/vol")),
+            &rel(&format!("{base}/copy")),
+            RWX,
+            Arc::new(CopyProgress::default()),
+        )
+        .await
+        .expect("what is readable is copied");
+    assert_eq!((copied.files, copied.dirs), (2, 1));
+    assert_eq!(copied.owners_refused, 3, "{copied:?}");
+    let copy = export.join(&base).join("copy");
+    assert_eq!(fs::read(copy.join("sub/b")).unwrap(), b"also");
+    let a = fs::metadata(copy.join("a")).unwrap();
+    assert_ne!(a.uid(), 4242, "the server refused the owner");
+    assert_eq!(a.mode() & 0o7777, 0o644, "the mode is still set");
 }
 
 /// Issue 11, item 3: one parallel worker fails (root_squash, and a `chmod 555`

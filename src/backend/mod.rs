@@ -5,6 +5,7 @@
 //! creating an existing directory succeeds, removing a missing one succeeds, and a rename
 //! whose source is gone but whose target exists has already happened.
 
+pub mod copy;
 pub mod mounted;
 pub mod nfs3;
 
@@ -19,6 +20,7 @@ use thiserror::Error;
 pub use nfs3_client::nfs3_types::nfs3::nfsstat3 as NfsStatus;
 
 use crate::path::RelPath;
+pub use copy::{Copied, CopyProgress};
 
 /// Attributes given to a newly provisioned directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +154,9 @@ pub enum BackendError {
     /// Every connection slot to the share stayed taken for the whole deadline.
     #[error("no free NFS connection to {server} within {waited:?}; will retry")]
     Busy { server: String, waited: Duration },
+    /// A copy stopped because its caller asked it to (its source went away).
+    #[error("copy into {path:?} was stopped")]
+    Cancelled { path: String },
     /// A blocking call on the mounted share did not return in time (a hung mount).
     #[error("{op} {path:?} did not finish within {after:?}")]
     Stalled {
@@ -181,6 +186,7 @@ impl BackendError {
             | Self::Timeout { .. }
             | Self::NoProgress { .. }
             | Self::Busy { .. }
+            | Self::Cancelled { .. }
             | Self::Stalled { .. } => false,
         }
     }
@@ -274,6 +280,18 @@ pub trait Share: Send + Sync {
         dir: Option<&RelPath>,
     ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     fn space(&self) -> impl Future<Output = Result<Space, BackendError>> + Send;
+    /// Copies the tree at `from` into a new directory `to`, whose parent must exist and
+    /// which must not (`TargetExists`), never following a symlink (see [`copy`]). `to`
+    /// gets `top` (mode, owner, and the stamp as its mtime) after everything else, so a
+    /// `to` carrying the stamp is a finished copy. Stops with `Cancelled` soon after
+    /// `progress` is cancelled.
+    fn copy_tree(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        top: DirAttrs,
+        progress: Arc<CopyProgress>,
+    ) -> impl Future<Output = Result<Copied, BackendError>> + Send;
 }
 
 /// Where a volume lives: what a class names and a PV records.
@@ -325,6 +343,15 @@ impl Share for AnyShare {
     }
     async fn space(&self) -> Result<Space, BackendError> {
         delegate!(self, space())
+    }
+    async fn copy_tree(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        top: DirAttrs,
+        progress: Arc<CopyProgress>,
+    ) -> Result<Copied, BackendError> {
+        delegate!(self, copy_tree(from, to, top, progress))
     }
 }
 

@@ -3,6 +3,7 @@
 //! servers and as a drop-in replacement. Blocking filesystem calls run off the runtime,
 //! each under a deadline.
 
+mod copy;
 mod remove;
 
 use std::fs;
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
-    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat,
+    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
+    Space, Stat,
 };
 use crate::path::RelPath;
 
@@ -302,6 +304,20 @@ impl Share for MountedShare {
 
     async fn space(&self) -> Result<Space, BackendError> {
         self.blocking(statvfs).await
+    }
+
+    async fn copy_tree(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        top: DirAttrs,
+        progress: Arc<CopyProgress>,
+    ) -> Result<Copied, BackendError> {
+        let (from, to) = (from.clone(), to.clone());
+        self.watched("copy", move |root, alive| {
+            copy::copy_tree(root, &from, &to, top, &progress, alive)
+        })
+        .await
     }
 }
 

@@ -8,6 +8,7 @@
 //! rename, stat, list, space), each one short sequence of RPCs over the same handles
 //! and status mapping; pool and removal are already apart.
 
+mod copy;
 mod pool;
 mod remove;
 
@@ -21,7 +22,8 @@ use nfs3_client::nfs3_types::nfs3::{
 };
 
 use super::{
-    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
+    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
+    Space, Stat, Target,
 };
 use crate::path::RelPath;
 use pool::{Purpose, Session, rpc};
@@ -511,5 +513,15 @@ impl Share for Nfs3Share {
             }),
             Nfs3Result::Err((stat, _)) => Err(status("FSSTAT", "/", stat)),
         }
+    }
+
+    async fn copy_tree(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        top: DirAttrs,
+        progress: std::sync::Arc<CopyProgress>,
+    ) -> Result<Copied, BackendError> {
+        copy::copy_tree(self, from, to, top, &progress).await
     }
 }

@@ -5,6 +5,7 @@
 mod adopt;
 mod cache;
 pub mod cached_volume;
+mod clone;
 mod directories;
 mod events;
 mod expand;
@@ -57,6 +58,8 @@ pub struct Context {
     reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
     /// The export chosen for each claim of a class over several exports.
     placements: placement::Placements,
+    /// Clone copies under way, by claim uid (see [`clone`]).
+    clones: clone::Clones,
 }
 
 impl Context {
@@ -82,7 +85,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
             placements: Default::default(),
+            clones: clone::Clones::default(),
         }
+    }
+
+    /// How many clone copies may run at once.
+    pub fn with_max_clones(mut self, max: usize) -> Self {
+        self.clones = clone::Clones::new(max);
+        self
     }
 }
 

@@ -139,6 +139,10 @@ async fn provision(
             }));
         }
     };
+    // A clone's directory comes from a copy of its source, made before anything else.
+    if let Some(action) = super::clone::fill(pvc, &volume, ctx).await? {
+        return Ok(action);
+    }
     // The event and the work go together: waiting for the event first would add an
     // API round trip to every claim's latency.
     let announce = ctx.publish(

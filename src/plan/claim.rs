@@ -89,8 +89,8 @@ pub fn decide_claim(
     if spec.selector.is_some() {
         return ClaimDecision::Refuse(PlanError::Selector);
     }
-    if spec.data_source.is_some() || spec.data_source_ref.is_some() {
-        return ClaimDecision::Refuse(PlanError::DataSource);
+    if let Err(e) = super::clone::requested(pvc) {
+        return ClaimDecision::Refuse(e);
     }
     ClaimDecision::Provision
 }

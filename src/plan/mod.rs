@@ -10,6 +10,7 @@
 //! - [`placement`]: which of a class's exports a new volume goes to, and when none has room.
 //! - [`expand`]: growing a bound claim's volume, and [`quantity`], the sizes it compares.
 //! - [`adopt`]: the volumes of another provisioner reclaimed as it would have.
+//! - [`clone`]: whether a claim asks for a copy of another claim, and may have it.
 
 use thiserror::Error;
 
@@ -19,6 +20,7 @@ use crate::path::{PathError, TemplateError};
 pub mod adopt;
 pub mod claim;
 pub mod expand;
+pub mod clone;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
@@ -69,8 +71,12 @@ pub enum PlanError {
         "claims with a selector are not supported: a dynamically provisioned volume has no labels to match"
     )]
     Selector,
-    #[error("claims with a dataSource are not supported: this provisioner cannot clone or restore")]
+    #[error(
+        "claims with a dataSource other than a PersistentVolumeClaim are not supported: this provisioner clones only claims"
+    )]
     DataSource,
+    #[error("cannot clone: {0}")]
+    Clone(#[from] clone::CloneRefusal),
     #[error("the claim requests no storage size (spec.resources.requests.storage)")]
     NoSize,
     #[error("the claim's requested storage size cannot be read: {0}")]

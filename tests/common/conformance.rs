@@ -214,3 +214,287 @@ pub async fn space_is_reported<S: Share>(share: &S) {
     let s = share.space().await.unwrap();
     assert!(s.total_bytes > 0 && s.free_bytes <= s.total_bytes, "{s:?}");
 }
+
+/// What the clone tests plant and compare: a source tree of every kind of entry, with
+/// owners, modes and times to keep, links that point outside, and a deep chain.
+pub mod clone_tree {
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::path::Path;
+
+    use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Timespec, Timestamps};
+
+    pub const DEEP: usize = 2000;
+    /// Regular files planted by [`plant`], hard links counted once.
+    pub const FILES: u64 = 2 + 1 + 1 + 1 + 1 + 700 + 31 + DEEP as u64 / 100;
+
+    fn times(path: &Path, atime: i64, mtime: i64, nsec: i64) {
+        let t = Timestamps {
+            last_access: Timespec {
+                tv_sec: atime,
+                tv_nsec: 0,
+            },
+            last_modification: Timespec {
+                tv_sec: mtime,
+                tv_nsec: nsec,
+            },
+        };
+        rustix::fs::utimensat(CWD, path, &t, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+
+    fn own(path: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    }
+
+    /// Plants the tree at `src` (which must not exist); `outside` is a directory the
+    /// copy must never reach through the links planted here.
+    pub fn plant(src: &Path, outside: &Path) {
+        fs::create_dir_all(src).unwrap();
+        fs::write(src.join("a.txt"), b"hello").unwrap();
+        own(&src.join("a.txt"), 1234, 2345);
+        fs::set_permissions(src.join("a.txt"), fs::Permissions::from_mode(0o4640)).unwrap();
+        times(
+            &src.join("a.txt"),
+            1_600_000_000,
+            1_500_000_000,
+            123_456_789,
+        );
+        let big: Vec<u8> = (0..300_001u32).map(|i| (i * 31 % 251) as u8).collect();
+        fs::write(src.join("big.bin"), &big).unwrap();
+        fs::set_permissions(src.join("big.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(src.join("empty"), b"").unwrap();
+        fs::write(src.join(OsStr::from_bytes(b"bad-\xff-name")), b"z").unwrap();
+        fs::create_dir(src.join("ro")).unwrap();
+        fs::write(src.join("ro/f"), b"in a read-only directory").unwrap();
+        // Two names of one file, in different directories.
+        fs::write(src.join("h1"), b"linked").unwrap();
+        fs::hard_link(src.join("h1"), src.join("ro/h2")).unwrap();
+        fs::create_dir(src.join("sub")).unwrap();
+        symlink("../a.txt", src.join("sub/rel")).unwrap();
+        symlink(outside, src.join("sub/out")).unwrap();
+        symlink("../../../../../..", src.join("up")).unwrap();
+        own(&src.join("sub/rel"), 3333, 4444);
+        times(&src.join("sub/rel"), 1_300_000_000, 1_300_000_000, 0);
+        rustix::fs::mknodat(
+            CWD,
+            src.join("pipe"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o620),
+            0,
+        )
+        .unwrap();
+        // Files and directories mixed over several READDIRPLUS pages, so a listing
+        // is left at a directory and taken up again from its cookie.
+        fs::create_dir(src.join("many")).unwrap();
+        for i in 0..700 {
+            let f = src.join(format!("many/file-with-a-longish-name-{i:04}"));
+            fs::write(&f, format!("{i}")).unwrap();
+            if i % 23 == 0 {
+                let d = src.join(format!("many/dir-{i:04}"));
+                fs::create_dir(&d).unwrap();
+                fs::write(d.join("inner"), b"i").unwrap();
+            }
+        }
+        plant_chain(&src.join("deep"), DEEP, "d");
+        fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+        own(&src.join("sub"), 1000, 1000);
+        times(&src.join("sub"), 1_200_000_000, 1_200_000_000, 0);
+        times(&src.join("ro"), 1_100_000_000, 1_100_000_000, 5);
+    }
+
+    /// `depth` nested directories named `name`, a file every hundred levels.
+    pub fn plant_chain(top: &Path, depth: usize, name: &str) {
+        fs::create_dir_all(top).unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut fd = rustix::fs::openat(CWD, top, flags, Mode::empty()).unwrap();
+        for level in 0..depth {
+            if level % 100 == 0 {
+                let f = rustix::fs::openat(
+                    &fd,
+                    "file",
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )
+                .unwrap();
+                drop(f);
+            }
+            rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755)).unwrap();
+            fd = rustix::fs::openat(&fd, name, flags, Mode::empty()).unwrap();
+        }
+    }
+
+    /// How many levels of `name` lie below `top`.
+    pub fn chain_depth(top: &Path, name: &str) -> usize {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut fd = rustix::fs::openat(CWD, top, flags, Mode::empty()).unwrap();
+        let mut n = 0;
+        while let Ok(next) = rustix::fs::openat(&fd, name, flags, Mode::empty()) {
+            fd = next;
+            n += 1;
+        }
+        n
+    }
+
+    /// Compares `dst` with `src` entry by entry, never following a link: kind, mode,
+    /// owner (unless `owners` is false), mtime (of links too if `link_times`), content,
+    /// link text. Skips `deep`.
+    pub fn compare(src: &Path, dst: &Path, owners: bool, link_times: bool) {
+        let (s, d) = (
+            fs::symlink_metadata(src).unwrap(),
+            fs::symlink_metadata(dst).unwrap_or_else(|e| panic!("{dst:?}: {e}")),
+        );
+        let what = format!("{dst:?}");
+        assert_eq!(s.file_type(), d.file_type(), "{what}");
+        if !s.file_type().is_symlink() {
+            assert_eq!(s.mode() & 0o7777, d.mode() & 0o7777, "mode of {what}");
+        }
+        if owners {
+            assert_eq!((s.uid(), s.gid()), (d.uid(), d.gid()), "owner of {what}");
+        }
+        if !s.file_type().is_symlink() || link_times {
+            assert_eq!(
+                (s.mtime(), s.mtime_nsec()),
+                (d.mtime(), d.mtime_nsec()),
+                "mtime of {what}"
+            );
+        }
+        if s.file_type().is_file() {
+            assert_eq!(fs::read(src).unwrap(), fs::read(dst).unwrap(), "{what}");
+        } else if s.file_type().is_symlink() {
+            assert_eq!(fs::read_link(src).unwrap(), fs::read_link(dst).unwrap());
+        } else if s.is_dir() {
+            let names = |p: &Path| {
+                let mut v: Vec<_> = fs::read_dir(p)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(src), names(dst), "{what}");
+            for n in names(src) {
+                if n != "deep" {
+                    compare(&src.join(&n), &dst.join(&n), owners, link_times);
+                }
+            }
+        }
+    }
+}
+
+/// Copies a planted tree and compares it entry by entry; links stay links (also one
+/// pointing outside the share, whose target is never read), hard links stay linked,
+/// FIFOs are made again, 2000 levels deep are copied; a second copy onto the same target
+/// and a cancelled copy are refused. `link_times`: whether the backend can set a
+/// symlink's own times (nfs-ganesha's VFS answers SETATTR on a link without doing so).
+pub async fn copy_is_faithful_and_never_follows<S: Share>(
+    share: &S,
+    base: &str,
+    disk: &std::path::Path,
+    link_times: bool,
+) {
+    use nfs3_provisioner::backend::{Copied, CopyProgress};
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+    let src = disk.join(base).join("src");
+    clone_tree::plant(&src, outside.path());
+    let top = DirAttrs {
+        mode: 0o751,
+        uid: Some(4321),
+        gid: Some(5432),
+        stamp: Some((1_000_000_123, 456_000_000)),
+    };
+    let progress = Arc::new(CopyProgress::default());
+    let copied = share
+        .copy_tree(&p(base, "src"), &p(base, "dst"), top, progress.clone())
+        .await
+        .unwrap();
+    let dst = disk.join(base).join("dst");
+    // Before anything reads it (relatime).
+    let a = std::fs::symlink_metadata(dst.join("a.txt")).unwrap();
+    assert_eq!(a.atime(), 1_600_000_000, "atime kept");
+    clone_tree::compare(&src.join("a.txt"), &dst.join("a.txt"), true, true);
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let n = entry.unwrap().file_name();
+        if n != "deep" {
+            clone_tree::compare(&src.join(&n), &dst.join(&n), true, link_times);
+        }
+    }
+    assert_eq!(
+        clone_tree::chain_depth(&dst.join("deep"), "d"),
+        clone_tree::DEEP
+    );
+    let (h1, h2) = (
+        std::fs::metadata(dst.join("h1")).unwrap(),
+        std::fs::metadata(dst.join("ro/h2")).unwrap(),
+    );
+    assert_eq!(h1.ino(), h2.ino(), "hard links stay linked");
+    let root = std::fs::metadata(&dst).unwrap();
+    assert_eq!(
+        (root.mode() & 0o7777, root.uid(), root.gid(), root.mtime()),
+        (0o751, 4321, 5432, 1_000_000_123),
+        "the top gets the attributes asked for, the stamp last"
+    );
+    assert_eq!(
+        std::fs::read_link(dst.join("sub/out")).unwrap(),
+        outside.path()
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    let dirs = 4 + 31 + clone_tree::DEEP as u64;
+    assert_eq!(
+        Copied {
+            bytes: copied.bytes,
+            ..copied
+        },
+        Copied {
+            files: clone_tree::FILES,
+            dirs,
+            symlinks: 3,
+            fifos: 1,
+            bytes: copied.bytes,
+            hard_links: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(copied.bytes, progress.bytes());
+    assert!(copied.bytes > 300_000, "{copied:?}");
+    assert_eq!(
+        progress.entries(),
+        copied.files + copied.dirs + copied.symlinks + copied.fifos + copied.hard_links
+    );
+
+    // The target is never reused, and a cancelled copy stops.
+    let again = share
+        .copy_tree(&p(base, "src"), &p(base, "dst"), top, Arc::default())
+        .await;
+    assert!(
+        matches!(again, Err(BackendError::TargetExists { .. })),
+        "{again:?}"
+    );
+    let stopped = Arc::new(CopyProgress::default());
+    stopped.cancel();
+    let cut = share
+        .copy_tree(&p(base, "src"), &p(base, "cut"), top, stopped)
+        .await;
+    assert!(
+        matches!(cut, Err(BackendError::Cancelled { .. })),
+        "{cut:?}"
+    );
+    // A symlink as the source is refused, not followed.
+    let through = share
+        .copy_tree(
+            &p(base, "src/sub/out"),
+            &p(base, "via"),
+            top,
+            Arc::default(),
+        )
+        .await;
+    assert!(
+        matches!(through, Err(BackendError::Symlink { .. })),
+        "{through:?}"
+    );
+    assert!(!disk.join(base).join("via").exists());
+}
