@@ -5,6 +5,7 @@
 //! creating an existing directory succeeds, removing a missing one succeeds, and a rename
 //! whose source is gone but whose target exists has already happened.
 
+pub mod metadata;
 pub mod mounted;
 pub mod nfs3;
 
@@ -88,6 +89,14 @@ pub enum Renamed {
     SourceMissing,
 }
 
+/// What `write_file` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    /// Something was there by that name: nothing was written.
+    Existed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Space {
     pub total_bytes: u64,
@@ -133,6 +142,10 @@ pub enum BackendError {
     NotADirectory { path: String },
     #[error("{path:?} is a symbolic link; refusing to follow it")]
     Symlink { path: String },
+    #[error("{path:?} exists and is not a regular file")]
+    NotAFile { path: String },
+    #[error("{path:?} is larger than {max} bytes; refusing to read it")]
+    TooLarge { path: String, max: u64 },
     #[error("archive target {path:?} already exists; refusing to overwrite it")]
     TargetExists { path: String },
     #[error("directory {path:?} still lists entries that were removed; giving up")]
@@ -176,6 +189,8 @@ impl BackendError {
             Self::NotADirectory { .. }
             | Self::Symlink { .. }
             | Self::TargetExists { .. }
+            | Self::NotAFile { .. }
+            | Self::TooLarge { .. }
             | Self::NotServed { .. } => true,
             Self::Resolve { .. }
             | Self::Timeout { .. }
@@ -274,6 +289,22 @@ pub trait Share: Send + Sync {
         dir: Option<&RelPath>,
     ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     fn space(&self) -> impl Future<Output = Result<Space, BackendError>> + Send;
+    /// Creates the regular file `path` with `mode` and `bytes`, only if nothing has that
+    /// name (exclusive, so of two writers one wins); its parent must exist. Meant for the
+    /// provisioner's small records, not for data.
+    fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> impl Future<Output = Result<Written, BackendError>> + Send;
+    /// The contents of the regular file `path`, or `None` when it does not exist;
+    /// refused when it is larger than `max` bytes or not a regular file.
+    fn read_file(
+        &self,
+        path: &RelPath,
+        max: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
 }
 
 /// Where a volume lives: what a class names and a PV records.
@@ -325,6 +356,17 @@ impl Share for AnyShare {
     }
     async fn space(&self) -> Result<Space, BackendError> {
         delegate!(self, space())
+    }
+    async fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Written, BackendError> {
+        delegate!(self, write_file(path, bytes, mode))
+    }
+    async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        delegate!(self, read_file(path, max))
     }
 }
 

@@ -8,6 +8,7 @@
 //! rename, stat, list, space), each one short sequence of RPCs over the same handles
 //! and status mapping; pool and removal are already apart.
 
+mod file;
 mod pool;
 mod remove;
 
@@ -22,6 +23,7 @@ use nfs3_client::nfs3_types::nfs3::{
 
 use super::{
     BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
+    Written,
 };
 use crate::path::RelPath;
 use pool::{Purpose, Session, rpc};
@@ -511,5 +513,18 @@ impl Share for Nfs3Share {
             }),
             Nfs3Result::Err((stat, _)) => Err(status("FSSTAT", "/", stat)),
         }
+    }
+
+    async fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Written, BackendError> {
+        self.write_new_file(path, bytes, mode).await
+    }
+
+    async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        self.read_small_file(path, max).await
     }
 }
