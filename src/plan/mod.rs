@@ -6,13 +6,16 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`archive`]: who owned an archive (its record), and who holds it now;
+//! - [`restore`]: whether a claim may start from an archive.
 
 use thiserror::Error;
 
 use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
+pub mod archive;
 pub mod claim;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -20,6 +23,7 @@ pub mod ownership;
 pub mod reclaim;
 pub mod record;
 pub mod release;
+pub mod restore;
 pub mod volume;
 
 pub use claim::{
