@@ -2,12 +2,14 @@
 //! the two controllers: one provisions claims ([`provision`]), one reclaims released
 //! volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
 
+mod archives;
 mod cache;
 pub mod cached_volume;
 mod directories;
 mod events;
 mod provision;
 mod reclaim;
+mod restore;
 mod retry;
 
 use std::collections::HashMap;

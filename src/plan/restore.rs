@@ -107,12 +107,18 @@ pub enum RestoreStep {
     Done { archive: RelPath },
 }
 
-/// The archive named by a record or a claim: a path that does not parse is refused.
+/// The archive named by a record or a claim: only a path that parses and whose leaf is
+/// an archive's name is ever moved.
 fn archive_path(name: &str, raw: &str) -> Result<RelPath, RestoreRefusal> {
-    RelPath::parse(raw).map_err(|e| RestoreRefusal::BadRecord {
+    let bad = |why: String| RestoreRefusal::BadRecord {
         name: name.to_string(),
-        why: e.to_string(),
-    })
+        why,
+    };
+    let path = RelPath::parse(raw).map_err(|e| bad(e.to_string()))?;
+    if !path.leaf().starts_with(super::ARCHIVE_PREFIX) {
+        return Err(bad(format!("{raw:?} is not an archive's name")));
+    }
+    Ok(path)
 }
 
 pub fn decide(want: &Want<'_>, found: &Found<'_>) -> Result<RestoreStep, RestoreRefusal> {

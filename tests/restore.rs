@@ -1,0 +1,162 @@
+//! End to end: restoring a claim from an archive of its namespace, the refusals, and
+//! archive retention, with the real provisioner binary, control plane and NFS server.
+//! The archives, their records (in `.nfs3-provisioner/` at the share root) and the
+//! restored directories are checked on disk.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cluster::*;
+use common::fixture::scene;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use serde_json::json;
+
+const ANN: &str = "nfs3-provisioner.io/restore-from";
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn records_dir() -> PathBuf {
+    common::nfs().export1.join(".nfs3-provisioner/archives")
+}
+
+fn claims_dir() -> PathBuf {
+    common::nfs()
+        .export1
+        .join(".nfs3-provisioner/archive-claims")
+}
+
+fn record(name: &str) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(records_dir().join(name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The archive the PV's directory became once reclaimed, waited for on disk.
+async fn archived(fx: &common::fixture::Fixture, pv: &PersistentVolume) -> (String, PathBuf) {
+    let dir = on_disk(pv);
+    let name = format!(
+        "archived-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("")
+    );
+    fx.pv_gone(pv.metadata.name.as_deref().unwrap_or(""), LIMIT)
+        .await;
+    let archive = dir.with_file_name(&name);
+    assert!(archive.is_dir(), "{archive:?} is the archive");
+    assert!(!dir.exists());
+    fx.remove_later(records_dir().join(&name));
+    fx.remove_later(claims_dir().join(&name));
+    (name, archive)
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_comes_back_only_into_its_own_namespace() {
+    let (fx, p, ns, class) = scene(
+        "restore",
+        json!({"server": "127.0.0.1", "share": export1(), "onDelete": "archive"}),
+        json!({}),
+    )
+    .await;
+    let client = fx.client.clone();
+    fx.claim(&ns, "data", &class, json!({})).await;
+    let pv = fx.bound_pv(&ns, "data", LIMIT).await;
+    std::fs::create_dir(on_disk(&pv).join("sub")).expect("mkdir");
+    std::fs::write(on_disk(&pv).join("sub/hello.txt"), "kept").expect("write");
+    delete_claim(&client, &ns, "data").await;
+    let (name, archive) = archived(&fx, &pv).await;
+
+    // The owner is recorded where tenants cannot write, before the rename.
+    let rec = record(&name).expect("a record of the archive");
+    assert_eq!(rec["namespace"], ns.as_str());
+    assert_eq!(rec["claim"], "data");
+    assert_eq!(rec["volume"], pv.metadata.name.as_deref().unwrap_or(""));
+    assert_eq!(rec["archive"], name.as_str());
+
+    // Another namespace names it: refused, nothing moves.
+    let other = fx.namespace().await;
+    fx.claim(
+        &other,
+        "steal",
+        &class,
+        json!({"annotations": {ANN: &name}}),
+    )
+    .await;
+    wait_event(
+        &client,
+        &other,
+        "steal",
+        "ProvisioningFailed",
+        &format!("was not made from a volume of namespace \"{other}\""),
+        LIMIT,
+    )
+    .await;
+    // An archive that does not exist, and a name that is a path.
+    fx.claim(
+        &ns,
+        "missing",
+        &class,
+        json!({"annotations": {ANN: "archived-nothing-here"}}),
+    )
+    .await;
+    wait_event(
+        &client,
+        &ns,
+        "missing",
+        "ProvisioningFailed",
+        "no archive \"archived-nothing-here\" is recorded",
+        LIMIT,
+    )
+    .await;
+    fx.claim(
+        &ns,
+        "dotdot",
+        &class,
+        json!({"annotations": {ANN: format!("../{name}")}}),
+    )
+    .await;
+    wait_event(
+        &client,
+        &ns,
+        "dotdot",
+        "ProvisioningFailed",
+        "is not a name",
+        LIMIT,
+    )
+    .await;
+    assert!(
+        archive.join("sub/hello.txt").exists(),
+        "a refused restore leaves the archive"
+    );
+    assert!(record(&name).is_some(), "and its record");
+    for (n, c) in [(&other, "steal"), (&ns, "missing"), (&ns, "dotdot")] {
+        let claims = claims(&client, n).await;
+        let claim = claims
+            .iter()
+            .find(|x| x.metadata.name.as_deref() == Some(c))
+            .expect("claim");
+        assert_eq!(phase(claim), "Pending", "{c} stays Pending");
+    }
+
+    // Its own namespace gets it: renamed into the new volume, no longer an archive.
+    fx.claim(&ns, "back", &class, json!({"annotations": {ANN: &name}}))
+        .await;
+    let restored = fx.bound_pv(&ns, "back", LIMIT).await;
+    assert_eq!(
+        std::fs::read_to_string(on_disk(&restored).join("sub/hello.txt")).ok(),
+        Some("kept".to_string()),
+        "the archive's data is in the new volume"
+    );
+    assert_ne!(on_disk(&restored), archive);
+    assert!(!exists(&archive), "the archive is gone");
+    wait_for("the record and claim to go", LIMIT, || async {
+        (!exists(&records_dir().join(&name)) && !exists(&claims_dir().join(&name))).then_some(())
+    })
+    .await;
+    // The refused claim of the other namespace still has nothing.
+    let steal = claims(&client, &other).await;
+    assert_eq!(phase(&steal[0]), "Pending");
+    drop(p);
+}
