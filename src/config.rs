@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// is released and the process exits (keep it below the pod's grace period).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,
+    /// Pause between passes of archive retention (classes with archiveRetention); each
+    /// pass removes one archive at a time.
+    #[arg(long, env = "ARCHIVE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::units::parse_age)]
+    pub archive_retention_interval: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -22,6 +22,9 @@ pub struct Metrics {
     nfs_seconds: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
     leader: Gauge,
+    archives_expired: Counter,
+    archive_expiry_failures: Counter,
+    archive_retention_passes: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -41,6 +44,24 @@ impl Metrics {
         );
         let in_flight = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
+        let archives_expired = Counter::default();
+        let archive_expiry_failures = Counter::default();
+        let archive_retention_passes = Counter::default();
+        registry.register(
+            "archives_expired",
+            "Archives removed by their class's archiveRetention",
+            archives_expired.clone(),
+        );
+        registry.register(
+            "archive_expiry_failures",
+            "Archives past their retention that could not be removed (retried next pass)",
+            archive_expiry_failures.clone(),
+        );
+        registry.register(
+            "archive_retention_passes",
+            "Completed passes of archive retention over the shares",
+            archive_retention_passes.clone(),
+        );
         registry.register(
             "provision",
             "Volumes provisioned, by result",
@@ -85,6 +106,9 @@ impl Metrics {
             nfs_seconds,
             in_flight,
             leader,
+            archives_expired,
+            archive_expiry_failures,
+            archive_retention_passes,
         }
     }
 }
@@ -123,6 +147,20 @@ pub fn deleted(action: &'static str, took: Duration, ok: bool) {
     if ok {
         m.delete_seconds.observe(took.as_secs_f64());
     }
+}
+
+/// One archive past its retention removed (`ok`), or not.
+pub fn archive_expired(ok: bool) {
+    let m = get();
+    if ok {
+        m.archives_expired.inc();
+    } else {
+        m.archive_expiry_failures.inc();
+    }
+}
+
+pub fn archive_retention_pass() {
+    get().archive_retention_passes.inc();
 }
 
 pub fn set_leader(is_leader: bool) {

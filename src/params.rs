@@ -25,6 +25,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "directorySharing",
     "existingDirectory",
     "caseInsensitive",
+    "archiveRetention",
 ];
 
 /// What happens to a directory when its PV is released with reclaim policy Delete.
@@ -145,6 +146,8 @@ pub struct ClassParams {
     pub existing: Existing,
     /// The server treats names case-insensitively, so `Data` and `data` are one directory.
     pub case_insensitive: bool,
+    /// Archives of this class older than this are removed in the background.
+    pub archive_retention: Option<std::time::Duration>,
 }
 
 /// Default directory mode: what nfs-subdir-external-provisioner users expect, so any
@@ -238,6 +241,17 @@ impl ClassParams {
             }
         };
 
+        let archive_retention = match get("archiveRetention") {
+            None => None,
+            Some(v) => Some(crate::units::parse_age(v).map_err(|_| {
+                invalid(
+                    "archiveRetention",
+                    v,
+                    "expected an age with a unit s, m, h or d, such as 30d or 12h",
+                )
+            })?),
+        };
+
         Ok(Self {
             server,
             share,
@@ -251,6 +265,7 @@ impl ClassParams {
             sharing,
             existing,
             case_insensitive,
+            archive_retention,
         })
     }
 }
@@ -384,6 +399,7 @@ mod tests {
                 ("directorySharing", "namespace"),
                 ("existingDirectory", "adopt"),
                 ("caseInsensitive", "TRUE"),
+                ("archiveRetention", "30d"),
             ]),
             &Defaults::default(),
         )
@@ -403,6 +419,16 @@ mod tests {
         assert_eq!(
             (c.sharing, c.existing, c.case_insensitive),
             (Sharing::Namespace, Existing::Adopt, true)
+        );
+        assert_eq!(
+            c.archive_retention,
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(
+            ClassParams::parse(&p(&[]), &defaults())
+                .unwrap()
+                .archive_retention,
+            None
         );
     }
 
@@ -470,6 +496,8 @@ mod tests {
             (&[("pathPattern", "${.PVC.bogus}")], "pathPattern"),
             (&[("subDir", "${.PVC.name}")], "subDir"),
             (&[("pathPattern", "a"), ("subDir", "b")], "both set"),
+            (&[("archiveRetention", "30")], "archiveRetention"),
+            (&[("archiveRetention", "-1d")], "archiveRetention"),
         ];
         for (params, needle) in cases {
             let got = ClassParams::parse(&p(params), &defaults());

@@ -85,6 +85,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                     classes,
                     volumes,
                 )
+                .with_archive_retention_interval(args.archive_retention_interval)
             }
         }
     };

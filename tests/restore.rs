@@ -160,3 +160,79 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
     assert_eq!(phase(&steal[0]), "Pending");
     drop(p);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_past_their_retention_are_removed_and_younger_ones_kept() {
+    let fx = common::fixture::Fixture::new("retention").await;
+    let p = fx.start("", &[("ARCHIVE_RETENTION_INTERVAL", "1s")]);
+    let ns = fx.namespace().await;
+    let class = fx
+        .class(
+            "c",
+            json!({"server": "127.0.0.1", "share": export1(), "onDelete": "archive", "archiveRetention": "1h"}),
+        )
+        .await;
+    let client = fx.client.clone();
+    for c in ["old", "young"] {
+        fx.claim(&ns, c, &class, json!({})).await;
+    }
+    let old = fx.bound_pv(&ns, "old", LIMIT).await;
+    let young = fx.bound_pv(&ns, "young", LIMIT).await;
+    for pv in [&old, &young] {
+        std::fs::write(on_disk(pv).join("f"), "x").expect("write");
+    }
+    // An archive nobody recorded: its age is unknown, it is never removed by itself.
+    let unrecorded = common::nfs()
+        .export1
+        .join(format!("archived-{ns}-unrecorded"));
+    std::fs::create_dir(&unrecorded).expect("mkdir");
+    fx.remove_later(&unrecorded);
+    delete_claim(&client, &ns, "old").await;
+    delete_claim(&client, &ns, "young").await;
+    let (old_name, old_archive) = archived(&fx, &old).await;
+    let (young_name, young_archive) = archived(&fx, &young).await;
+    assert!(record(&young_name).is_some() && record(&old_name).is_some());
+
+    // Two hours ago, as far as the record says.
+    let mut rec = record(&old_name).expect("record");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    rec["archivedAt"] = json!(now - 7200);
+    std::fs::write(
+        records_dir().join(&old_name),
+        serde_json::to_vec(&rec).expect("json"),
+    )
+    .expect("age the record");
+
+    let log = || p.log_tail(30);
+    wait_explained("the old archive to be removed", LIMIT, log, || async {
+        (!exists(&old_archive) && !exists(&records_dir().join(&old_name))).then_some(())
+    })
+    .await;
+    assert!(
+        p.metric("nfs3_provisioner_archives_expired_total")
+            .is_some_and(|v| v >= 1.0),
+        "the removal is counted"
+    );
+    // Two more whole passes: the younger archive and the unrecorded one were looked at
+    // and kept.
+    let passes = p
+        .metric("nfs3_provisioner_archive_retention_passes_total")
+        .unwrap_or(0.0);
+    wait_explained("two more retention passes", LIMIT, log, || async {
+        p.metric("nfs3_provisioner_archive_retention_passes_total")
+            .filter(|v| *v >= passes + 2.0)
+    })
+    .await;
+    assert!(young_archive.join("f").exists(), "a younger archive stays");
+    assert!(record(&young_name).is_some(), "with its record");
+    assert!(unrecorded.exists(), "an unrecorded archive stays");
+    assert!(
+        p.log_tail(200)
+            .contains("archive past its retention removed"),
+        "a log line per archive removed"
+    );
+    drop(p);
+}

@@ -145,6 +145,13 @@ pub(super) async fn forget(share: &AnyShare, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Releases a claim taken on an archive without acting on it.
+pub(super) async fn forget_claim(share: &AnyShare, key: &str) -> Result<(), Error> {
+    let path = archive::claim_path(key).map_err(path_error)?;
+    share.remove_tree(&path).await?;
+    Ok(())
+}
+
 /// Whether `path` is a directory (an archive is never anything else).
 pub(super) async fn is_dir(share: &AnyShare, path: &RelPath) -> Result<bool, Error> {
     Ok(share

@@ -41,6 +41,9 @@ pub struct CachedVolumeSpec {
     pub nfs: Option<NFSVolumeSource>,
     #[serde(default)]
     pub persistent_volume_reclaim_policy: Option<String>,
+    /// Recorded with an archive, for its class's retention.
+    #[serde(default)]
+    pub storage_class_name: Option<String>,
 }
 
 /// The metadata fields anything here reads. Unknown fields, `managedFields` among them,
@@ -124,6 +127,7 @@ impl CachedVolume {
                 claim_ref: s.claim_ref.clone(),
                 nfs: s.nfs.clone(),
                 persistent_volume_reclaim_policy: s.persistent_volume_reclaim_policy.clone(),
+                storage_class_name: s.storage_class_name.clone(),
                 ..Default::default()
             }),
             status: self.status.clone(),

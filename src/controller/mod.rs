@@ -10,6 +10,7 @@ mod events;
 mod provision;
 mod reclaim;
 mod restore;
+mod retention;
 mod retry;
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ pub struct Context {
     /// more event for it (deletion timestamp set, our finalizer still on) from before
     /// the finalizer went; this spares running the idempotent steps again for it.
     reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
+    /// Pause between passes of archive retention.
+    archive_retention_interval: std::time::Duration,
 }
 
 impl Context {
@@ -74,7 +77,13 @@ impl Context {
             directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
+            archive_retention_interval: retention::DEFAULT_INTERVAL,
         }
+    }
+
+    pub fn with_archive_retention_interval(mut self, every: std::time::Duration) -> Self {
+        self.archive_retention_interval = every;
+        self
     }
 }
 
@@ -182,6 +191,8 @@ pub async fn run(
             ready.set_synced(true);
         }
     });
+    // Only while these controllers run: on the leader alone.
+    let retention = tokio::spawn(retention::run(ctx.clone(), wait(shutdown_tx.subscribe())));
     let controllers = async { tokio::join!(claims_ctl, volumes_ctl) };
     tokio::pin!(controllers);
     tokio::select! {
@@ -193,6 +204,7 @@ pub async fn run(
         }
     }
     readiness.abort();
+    retention.abort();
     info!("controllers stopped");
 }
 
