@@ -75,6 +75,35 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
     assert_eq!(rec["volume"], pv.metadata.name.as_deref().unwrap_or(""));
     assert_eq!(rec["archive"], name.as_str());
 
+    // `audit` lists it with its owner and the name a restore takes; an archive made by
+    // hand has no record and says so.
+    let unrecorded = format!("archived-{ns}-by-hand");
+    std::fs::create_dir(common::nfs().export1.join(&unrecorded)).expect("mkdir");
+    fx.remove_later(common::nfs().export1.join(&unrecorded));
+    let (_, report) = run_audit(
+        &fx.provisioner,
+        &["--server", "127.0.0.1", "--share", &export1()],
+    );
+    let listed = |path: &str| {
+        report["shares"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["archives"].as_array().into_iter().flatten())
+            .find(|a| a["path"] == path)
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} listed: {report:#}"))
+    };
+    let a = listed(&name);
+    assert_eq!(
+        (&a["namespace"], &a["claim"], &a["name"], &a["recorded"]),
+        (&json!(ns), &json!("data"), &json!(name), &json!(true)),
+        "{a:#}"
+    );
+    let b = listed(&unrecorded);
+    assert_eq!(b["recorded"], json!(false), "{b:#}");
+    assert!(b.get("namespace").is_none(), "{b:#}");
+
     // Another namespace names it: refused, nothing moves.
     let other = fx.namespace().await;
     fx.claim(
@@ -141,9 +170,21 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
     }
 
     // Its own namespace gets it: renamed into the new volume, no longer an archive.
-    fx.claim(&ns, "back", &class, json!({"annotations": {ANN: &name}}))
-        .await;
-    let restored = fx.bound_pv(&ns, "back", LIMIT).await;
+    // Two claims ask at once: exactly one gets it.
+    let (back, twin) = tokio::join!(
+        fx.claim(&ns, "back", &class, json!({"annotations": {ANN: &name}})),
+        fx.claim(&ns, "twin", &class, json!({"annotations": {ANN: &name}})),
+    );
+    let winner = wait_for("one of the two to be Bound", LIMIT, || async {
+        let all = claims(&client, &ns).await;
+        all.iter()
+            .filter(|c| phase(c) == "Bound")
+            .find_map(|c| c.metadata.name.clone())
+    })
+    .await;
+    let loser = if winner == "back" { &twin } else { &back };
+    let loser = loser.metadata.name.clone().unwrap_or_default();
+    let restored = fx.bound_pv(&ns, &winner, LIMIT).await;
     assert_eq!(
         std::fs::read_to_string(on_disk(&restored).join("sub/hello.txt")).ok(),
         Some("kept".to_string()),
@@ -155,9 +196,29 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
         (!exists(&records_dir().join(&name)) && !exists(&claims_dir().join(&name))).then_some(())
     })
     .await;
-    // The refused claim of the other namespace still has nothing.
+    // The refused claim of the other namespace still has nothing, nor has the one
+    // that lost the race: it is told why.
     let steal = claims(&client, &other).await;
     assert_eq!(phase(&steal[0]), "Pending");
+    let msg = wait_event(
+        &client,
+        &ns,
+        &loser,
+        "ProvisioningFailed",
+        "cannot restore",
+        LIMIT,
+    )
+    .await;
+    assert!(
+        msg.contains("is being restored by claim") || msg.contains("no archive"),
+        "{msg}"
+    );
+    let all = claims(&client, &ns).await;
+    let lost = all
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some(loser.as_str()))
+        .expect("the other claim");
+    assert_eq!(phase(lost), "Pending", "only one claim gets the archive");
     drop(p);
 }
 
