@@ -238,4 +238,5 @@ mod tests {
     mod harness;
     mod provisioning;
     mod reclaiming;
+    mod restoring;
 }
