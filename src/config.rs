@@ -168,6 +168,10 @@ pub struct RunArgs {
     pub shutdown_timeout_seconds: u64,
     #[command(flatten)]
     pub adopt: AdoptArgs,
+    /// Pause between passes of archive retention (classes with archiveRetention); each
+    /// pass removes one archive at a time.
+    #[arg(long, env = "ARCHIVE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::units::parse_age)]
+    pub archive_retention_interval: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -25,6 +25,9 @@ pub struct Metrics {
     clone_bytes: Counter,
     clone_entries: Counter,
     clones: Family<Labels, Counter>,
+    archives_expired: Counter,
+    archive_expiry_failures: Counter,
+    archive_retention_passes: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -44,6 +47,24 @@ impl Metrics {
         );
         let in_flight = Family::<Labels, Gauge>::default();
         let leader = Gauge::default();
+        let archives_expired = Counter::default();
+        let archive_expiry_failures = Counter::default();
+        let archive_retention_passes = Counter::default();
+        registry.register(
+            "archives_expired",
+            "Archives removed by their class's archiveRetention",
+            archives_expired.clone(),
+        );
+        registry.register(
+            "archive_expiry_failures",
+            "Archives past their retention that could not be removed (retried next pass)",
+            archive_expiry_failures.clone(),
+        );
+        registry.register(
+            "archive_retention_passes",
+            "Completed passes of archive retention over the shares",
+            archive_retention_passes.clone(),
+        );
         registry.register(
             "provision",
             "Volumes provisioned, by result",
@@ -105,6 +126,9 @@ impl Metrics {
             clone_bytes,
             clone_entries,
             clones,
+            archives_expired,
+            archive_expiry_failures,
+            archive_retention_passes,
         }
     }
 }
@@ -157,6 +181,20 @@ pub fn clone_finished(ok: bool) {
         .clones
         .get_or_create(&vec![("result", result(ok))])
         .inc();
+}
+
+/// One archive past its retention removed (`ok`), or not.
+pub fn archive_expired(ok: bool) {
+    let m = get();
+    if ok {
+        m.archives_expired.inc();
+    } else {
+        m.archive_expiry_failures.inc();
+    }
+}
+
+pub fn archive_retention_pass() {
+    get().archive_retention_passes.inc();
 }
 
 pub fn set_leader(is_leader: bool) {

@@ -33,6 +33,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "shares",
     "minFreeBytes",
     "minFreePercent",
+    "archiveRetention",
 ];
 
 /// What happens to a directory when its PV is released with reclaim policy Delete.
@@ -162,6 +163,8 @@ pub struct ClassParams {
     /// Every export the class may place volumes on: those `shares` lists, or the one of
     /// `server` and `share` (the fields above name the first).
     pub exports: Vec<Export>,
+    /// Archives of this class older than this are removed in the background.
+    pub archive_retention: Option<std::time::Duration>,
 }
 
 /// Default directory mode: what nfs-subdir-external-provisioner users expect, so any
@@ -265,6 +268,17 @@ impl ClassParams {
             }
         };
 
+        let archive_retention = match get("archiveRetention") {
+            None => None,
+            Some(v) => Some(crate::units::parse_age(v).map_err(|_| {
+                invalid(
+                    "archiveRetention",
+                    v,
+                    "expected an age with a unit s, m, h or d, such as 30d or 12h",
+                )
+            })?),
+        };
+
         Ok(Self {
             server,
             share,
@@ -279,6 +293,7 @@ impl ClassParams {
             existing,
             case_insensitive,
             exports,
+            archive_retention,
         })
     }
 }
@@ -412,6 +427,7 @@ mod tests {
                 ("directorySharing", "namespace"),
                 ("existingDirectory", "adopt"),
                 ("caseInsensitive", "TRUE"),
+                ("archiveRetention", "30d"),
             ]),
             &Defaults::default(),
         )
@@ -431,6 +447,16 @@ mod tests {
         assert_eq!(
             (c.sharing, c.existing, c.case_insensitive),
             (Sharing::Namespace, Existing::Adopt, true)
+        );
+        assert_eq!(
+            c.archive_retention,
+            Some(std::time::Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(
+            ClassParams::parse(&p(&[]), &defaults())
+                .unwrap()
+                .archive_retention,
+            None
         );
     }
 
@@ -498,6 +524,8 @@ mod tests {
             (&[("pathPattern", "${.PVC.bogus}")], "pathPattern"),
             (&[("subDir", "${.PVC.name}")], "subDir"),
             (&[("pathPattern", "a"), ("subDir", "b")], "both set"),
+            (&[("archiveRetention", "30")], "archiveRetention"),
+            (&[("archiveRetention", "-1d")], "archiveRetention"),
         ];
         for (params, needle) in cases {
             let got = ClassParams::parse(&p(params), &defaults());

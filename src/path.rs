@@ -37,6 +37,20 @@ pub enum PathError {
     TooLong,
     #[error("the directory path is nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error(
+        "the directory path {0:?} lies in {METADATA_DIR:?}, which the provisioner keeps for itself"
+    )]
+    Reserved(String),
+}
+
+/// The provisioner's own directory at the share root: archive ownership records and
+/// staging live there, out of reach of every volume (tenants never get a path into it).
+pub const METADATA_DIR: &str = ".nfs3-provisioner";
+
+/// Whether a first segment names [`METADATA_DIR`]; compared without case, for servers
+/// that fold case.
+fn is_reserved(first: &str) -> bool {
+    first.eq_ignore_ascii_case(METADATA_DIR)
 }
 
 /// A validated path relative to a share root: at least one segment, none of them
@@ -76,6 +90,24 @@ impl RelPath {
                 return Err(PathError::SegmentTooLong(head));
             }
             segments.push(seg.to_string());
+        }
+        if segments.len() > MAX_DEPTH {
+            return Err(PathError::TooDeep);
+        }
+        // Every volume directory, archive name and recorded path comes through here: no
+        // template (tenant annotations included) can reach the provisioner's records.
+        if segments.first().is_some_and(|s| is_reserved(s)) {
+            return Err(PathError::Reserved(raw.to_string()));
+        }
+        Ok(Self(segments))
+    }
+
+    /// A path inside [`METADATA_DIR`] (the directory itself for no `parts`): the only
+    /// way to name it. `parts` are checked as any path is.
+    pub fn metadata(parts: &[&str]) -> Result<Self, PathError> {
+        let mut segments = vec![METADATA_DIR.to_string()];
+        if !parts.is_empty() {
+            segments.extend(Self::parse(&parts.join("/"))?.0);
         }
         if segments.len() > MAX_DEPTH {
             return Err(PathError::TooDeep);
@@ -408,6 +440,48 @@ mod tests {
             RelPath::parse(&"ab/".repeat(600)).unwrap_err(),
             PathError::TooLong
         );
+    }
+
+    #[test]
+    fn the_metadata_directory_is_never_a_volume_or_an_archive() {
+        for raw in [
+            ".nfs3-provisioner",
+            ".nfs3-provisioner/archives/x",
+            ".NFS3-Provisioner/x",
+        ] {
+            assert_eq!(
+                RelPath::parse(raw).unwrap_err(),
+                PathError::Reserved(raw.into()),
+                "{raw}"
+            );
+        }
+        // Only as the first segment: elsewhere it is an ordinary name.
+        assert!(RelPath::parse("team-a/.nfs3-provisioner").is_ok());
+        assert!(RelPath::parse(".nfs3-provisioner-x").is_ok());
+        // A template fed by a tenant's annotation cannot point a volume there either.
+        let e = BTreeMap::new();
+        let ann = BTreeMap::from([("p".to_string(), ".nfs3-provisioner/archives".to_string())]);
+        let rendered = render(
+            "${.PVC.annotations.p}",
+            Dialect::PathPattern,
+            &vars(&e, &ann),
+        )
+        .unwrap();
+        assert!(matches!(
+            RelPath::parse(&rendered),
+            Err(PathError::Reserved(_))
+        ));
+        // Nor can an archive name built beside a volume in the share root.
+        let vol = RelPath::parse("data").unwrap();
+        assert!(vol.with_leaf(".nfs3-provisioner").is_err());
+        let rec = RelPath::metadata(&["archives", "k"]).unwrap();
+        assert_eq!(rec.to_string(), ".nfs3-provisioner/archives/k");
+        assert_eq!(
+            RelPath::metadata(&[]).unwrap().to_string(),
+            ".nfs3-provisioner"
+        );
+        assert!(RelPath::metadata(&["..", "x"]).is_err());
+        assert!(RelPath::metadata(&["a/b"]).is_ok());
     }
 
     #[test]

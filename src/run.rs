@@ -92,6 +92,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                 )
                 .with_adoption(adoption)
                 .with_max_clones(args.max_concurrent_clones)
+                .with_archive_retention_interval(args.archive_retention_interval)
             }
         }
     };

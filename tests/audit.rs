@@ -344,3 +344,81 @@ async fn audit_of_an_unreachable_share_fails() {
         .unwrap_err();
     assert!(err.to_string().contains("/no/such/export"), "{err}");
 }
+
+/// Archives are listed with the owner their record names (or as unrecorded); one a
+/// restore holds is never pruned, and a pruned one takes its record with it.
+#[tokio::test]
+async fn audit_reads_archive_records_and_prunes_them_with_their_archives() {
+    let env = common::nfs();
+    let scratch = common::scratch(&env.export1, "audit-rec");
+    let base = scratch.name.clone();
+    let disk = env.export1.join(&base);
+    let meta = env.export1.join(".nfs3-provisioner");
+    for a in ["archived-a", "archived-b", "archived-c"] {
+        mkdir(&disk.join(a));
+    }
+    let key = |a: &str| format!("{base}%2F{a}");
+    let t = target();
+    mkdir(&meta.join("archives"));
+    mkdir(&meta.join("archive-claims"));
+    for a in ["archived-a", "archived-b"] {
+        let record = serde_json::json!({
+            "version": 1, "namespace": "team-a", "claim": format!("claim-{a}"),
+            "claimUid": "u", "volume": "pvc-u", "class": "c", "server": t.server,
+            "share": t.share, "directory": format!("{base}/data"),
+            "archive": format!("{base}/{a}"), "archivedAt": 0,
+        });
+        fs::write(
+            meta.join("archives").join(key(a)),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+    }
+    // A restore holds archived-b.
+    let held = serde_json::json!({
+        "version": 1, "purpose": "restore", "archive": format!("{base}/archived-b"), "at": 0,
+    });
+    let held_path = meta.join("archive-claims").join(key("archived-b"));
+    fs::write(&held_path, serde_json::to_vec(&held).unwrap()).unwrap();
+
+    let share = Nfs3Share::new(target(), Nfs3Options::default());
+    let under = RelPath::parse(&base).unwrap();
+    let later = now() + 30 * DAY as i64;
+    let r = audit::audit_share(
+        &share,
+        &target(),
+        &[],
+        Some(&under),
+        &policy_at(true, later),
+    )
+    .await
+    .unwrap();
+    let by_path = |a: &str| {
+        r.archives
+            .iter()
+            .find(|x| x.path == format!("{base}/{a}"))
+            .unwrap_or_else(|| panic!("{a} listed: {:?}", r.archives))
+    };
+    let a = by_path("archived-a");
+    assert_eq!(
+        (a.recorded, a.namespace.as_deref(), a.claim.as_deref()),
+        (true, Some("team-a"), Some("claim-archived-a"))
+    );
+    assert_eq!(a.name, key("archived-a"));
+    assert!(matches!(a.action, ArchiveAction::Pruned { .. }), "{a:?}");
+    assert!(!disk.join("archived-a").exists());
+    assert!(!meta.join("archives").join(key("archived-a")).exists());
+    assert!(!meta.join("archive-claims").join(key("archived-a")).exists());
+
+    let b = by_path("archived-b");
+    assert!(matches!(b.action, ArchiveAction::Changed { .. }), "{b:?}");
+    assert!(disk.join("archived-b").exists(), "a held archive stays");
+    assert!(held_path.exists(), "and so does its holder's claim");
+
+    let c = by_path("archived-c");
+    assert!(!c.recorded && c.namespace.is_none(), "{c:?}");
+
+    for f in [held_path, meta.join("archives").join(key("archived-b"))] {
+        let _ = fs::remove_file(f);
+    }
+}

@@ -15,7 +15,7 @@ use crate::plan::record::provisioned_by;
 use crate::plan::{ARCHIVE_PREFIX, Recorded};
 
 /// Entries filesystems make themselves at their root, never reported as orphans there.
-const SYSTEM_ENTRIES: &[&str] = &["lost+found", ".snapshot", ".zfs"];
+const SYSTEM_ENTRIES: &[&str] = &["lost+found", ".snapshot", ".zfs", crate::path::METADATA_DIR];
 
 /// One listed name, as the scan saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -381,9 +381,17 @@ pub fn compare(
             } else {
                 ArchiveAction::Keep
             };
+            let name = RelPath::parse(&key(&path))
+                .map(|p| crate::plan::archive::archive_key(&p))
+                .unwrap_or_default();
             Archive {
                 path: key(&path),
                 age_seconds,
+                name,
+                recorded: false,
+                namespace: None,
+                claim: None,
+                record_error: None,
                 action,
             }
         })

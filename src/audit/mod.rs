@@ -8,7 +8,8 @@
 //! - **missing**: PVs of ours whose directory is not there (or is not a directory);
 //! - **orphans**: entries no PV points at that are neither archives nor parents of a PV
 //!   directory: top-level entries, and the other children of PV directories' parents;
-//! - **archives**: `archived-*` directories with their age, from their last change (a rename counts), and with
+//! - **archives**: `archived-*` directories with their age, from their last change (a rename counts),
+//!   the namespace and claim their record names (and the name a restore takes), and with
 //!   `--prune-archives-older-than` the ones old enough to prune. Pruning is a dry run
 //!   unless `--apply` is given.
 //!
@@ -51,6 +52,7 @@ mod compare;
 #[cfg(test)]
 mod fixtures;
 mod prune;
+mod records;
 mod report;
 mod scan;
 
@@ -114,6 +116,7 @@ pub async fn audit_share<S: Share>(
     let root: Vec<String> = under.map(|u| u.segments().to_vec()).unwrap_or_default();
     let snapshot = scan::scan(share, &ptrs, &root).await?;
     let mut report = compare(target, pvs, under, &snapshot, policy);
+    records::read_owners(share, &mut report).await;
     if !policy.apply {
         return Ok(report);
     }

@@ -1,5 +1,6 @@
 //! Pruning old archives, with `--apply`: each one the comparison marked is looked up
-//! again just before its removal and left alone if it is no longer an old directory.
+//! again just before its removal and left alone if it is no longer an old directory,
+//! or if a restore or archive retention holds it; its record goes with it.
 
 use super::compare::kind_name;
 use super::{ArchiveAction, AuditError, Policy, ShareReport};
@@ -41,12 +42,30 @@ pub(super) async fn prune<S: Share>(
                     reason: "modified since the scan".into(),
                 }
             }
-            Ok(Some(_)) => match share.remove_tree(&path).await {
-                Ok(Removed::Removed { entries }) => ArchiveAction::Pruned { entries },
-                Ok(Removed::AlreadyGone) => ArchiveAction::Pruned { entries: 0 },
+            Ok(Some(_)) => match super::records::hold(share, &archive.name, &path).await {
                 Err(e) => ArchiveAction::PruneFailed {
                     error: e.to_string(),
                 },
+                Ok(false) => ArchiveAction::Changed {
+                    reason: "held by a restore or by archive retention".into(),
+                },
+                Ok(true) => {
+                    let action = match share.remove_tree(&path).await {
+                        Ok(Removed::Removed { entries }) => ArchiveAction::Pruned { entries },
+                        Ok(Removed::AlreadyGone) => ArchiveAction::Pruned { entries: 0 },
+                        Err(e) => ArchiveAction::PruneFailed {
+                            error: e.to_string(),
+                        },
+                    };
+                    let removed = matches!(action, ArchiveAction::Pruned { .. });
+                    match super::records::release(share, &archive.name, removed).await {
+                        Ok(()) => action,
+                        Err(e) if removed => ArchiveAction::PruneFailed {
+                            error: format!("pruned, but its record stays: {e}"),
+                        },
+                        Err(_) => action,
+                    }
+                }
             },
         };
     }

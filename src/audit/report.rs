@@ -76,6 +76,19 @@ pub struct Archive {
     pub path: String,
     /// Seconds since its last change (mtime or ctime; archiving sets ctime).
     pub age_seconds: u64,
+    /// The name a claim's `nfs3-provisioner.io/restore-from` takes.
+    pub name: String,
+    /// Whether the provisioner recorded who it was made from; archives made before
+    /// records existed, or by hand, have none and can be neither restored nor expired.
+    pub recorded: bool,
+    /// The namespace and claim it was made from, as its record says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// Why its record could not be read, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_error: Option<String>,
     #[serde(flatten)]
     pub action: ArchiveAction,
 }
@@ -208,9 +221,16 @@ impl Report {
                     ArchiveAction::PruneFailed { error } => format!("PRUNE FAILED: {error}"),
                     ArchiveAction::Changed { reason } => format!("left alone: {reason}"),
                 };
+                let owner = match (&a.namespace, &a.claim, &a.record_error) {
+                    (Some(ns), Some(claim), _) => {
+                        format!("from {ns}/{claim}, restore-from: {}", a.name)
+                    }
+                    (_, _, Some(e)) => format!("record unreadable: {e}"),
+                    _ => "no record".to_string(),
+                };
                 let _ = writeln!(
                     w,
-                    "  archive  {}  {}  {what}",
+                    "  archive  {}  {}  {what}  ({owner})",
                     a.path,
                     human_age(a.age_seconds)
                 );
@@ -293,7 +313,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("archive  archived-a  30d 0h  would prune"),
+            text.contains("archive  archived-a  30d 0h  would prune  (no record)"),
             "{text}"
         );
         assert!(text.contains("dry run: add --apply"), "{text}");
@@ -321,6 +341,11 @@ mod tests {
         prune_failed.archives.push(Archive {
             path: "archived-a".into(),
             age_seconds: 1,
+            name: "archived-a".into(),
+            recorded: false,
+            namespace: None,
+            claim: None,
+            record_error: None,
             action: ArchiveAction::PruneFailed {
                 error: "EACCES".into(),
             },

@@ -6,6 +6,7 @@
 //! whose source is gone but whose target exists has already happened.
 
 pub mod copy;
+pub mod metadata;
 pub mod mounted;
 pub mod nfs3;
 
@@ -90,6 +91,14 @@ pub enum Renamed {
     SourceMissing,
 }
 
+/// What `write_file` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    /// Something was there by that name: nothing was written.
+    Existed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Space {
     pub total_bytes: u64,
@@ -135,6 +144,10 @@ pub enum BackendError {
     NotADirectory { path: String },
     #[error("{path:?} is a symbolic link; refusing to follow it")]
     Symlink { path: String },
+    #[error("{path:?} exists and is not a regular file")]
+    NotAFile { path: String },
+    #[error("{path:?} is larger than {max} bytes; refusing to read it")]
+    TooLarge { path: String, max: u64 },
     #[error("archive target {path:?} already exists; refusing to overwrite it")]
     TargetExists { path: String },
     #[error("directory {path:?} still lists entries that were removed; giving up")]
@@ -181,6 +194,8 @@ impl BackendError {
             Self::NotADirectory { .. }
             | Self::Symlink { .. }
             | Self::TargetExists { .. }
+            | Self::NotAFile { .. }
+            | Self::TooLarge { .. }
             | Self::NotServed { .. } => true,
             Self::Resolve { .. }
             | Self::Timeout { .. }
@@ -292,6 +307,22 @@ pub trait Share: Send + Sync {
         top: DirAttrs,
         progress: Arc<CopyProgress>,
     ) -> impl Future<Output = Result<Copied, BackendError>> + Send;
+    /// Creates the regular file `path` with `mode` and `bytes`, only if nothing has that
+    /// name (exclusive, so of two writers one wins); its parent must exist. Meant for the
+    /// provisioner's small records, not for data.
+    fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> impl Future<Output = Result<Written, BackendError>> + Send;
+    /// The contents of the regular file `path`, or `None` when it does not exist;
+    /// refused when it is larger than `max` bytes or not a regular file.
+    fn read_file(
+        &self,
+        path: &RelPath,
+        max: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
 }
 
 /// Where a volume lives: what a class names and a PV records.
@@ -352,6 +383,18 @@ impl Share for AnyShare {
         progress: Arc<CopyProgress>,
     ) -> Result<Copied, BackendError> {
         delegate!(self, copy_tree(from, to, top, progress))
+    }
+
+    async fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Written, BackendError> {
+        delegate!(self, write_file(path, bytes, mode))
+    }
+    async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        delegate!(self, read_file(path, max))
     }
 }
 

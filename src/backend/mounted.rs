@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::{
     BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
-    Space, Stat,
+    Space, Stat, Written,
 };
 use crate::path::RelPath;
 
@@ -316,6 +316,76 @@ impl Share for MountedShare {
         let (from, to) = (from.clone(), to.clone());
         self.watched("copy", move |root, alive| {
             copy::copy_tree(root, &from, &to, top, &progress, alive)
+        })
+        .await
+    }
+
+    async fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Written, BackendError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (path, bytes) = (path.clone(), bytes.to_vec());
+        self.blocking(move |root| {
+            let Some(parent) = walk(root, path.parent_segments())? else {
+                let at = root.join(path.to_string());
+                return Err(io("create", &at)(ErrorKind::NotFound.into()));
+            };
+            let at = parent.join(path.leaf());
+            // create_new is O_EXCL: never through a symlink, never over anything.
+            let mut f = match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&at)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Written::Existed),
+                Err(e) => return Err(io("create", &at)(e)),
+            };
+            f.write_all(&bytes).map_err(io("write", &at))?;
+            f.sync_all().map_err(io("fsync", &at))?;
+            Ok(Written::Created)
+        })
+        .await
+    }
+
+    async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = path.clone();
+        self.blocking(move |root| {
+            let Some(parent) = walk(root, path.parent_segments())? else {
+                return Ok(None);
+            };
+            let at = parent.join(path.leaf());
+            let shown = path.to_string();
+            match lstat(&at)? {
+                None => return Ok(None),
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(BackendError::Symlink { path: shown });
+                }
+                Some(m) if !m.file_type().is_file() => {
+                    return Err(BackendError::NotAFile { path: shown });
+                }
+                Some(_) => {}
+            }
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&at)
+                .map_err(io("open", &at))?;
+            let mut out = Vec::new();
+            f.take(max + 1)
+                .read_to_end(&mut out)
+                .map_err(io("read", &at))?;
+            if out.len() as u64 > max {
+                return Err(BackendError::TooLarge { path: shown, max });
+            }
+            Ok(Some(out))
         })
         .await
     }

@@ -9,6 +9,7 @@
 //! and status mapping; pool and removal are already apart.
 
 mod copy;
+mod file;
 mod pool;
 mod remove;
 
@@ -23,7 +24,7 @@ use nfs3_client::nfs3_types::nfs3::{
 
 use super::{
     BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
-    Space, Stat, Target,
+    Space, Stat, Target, Written,
 };
 use crate::path::RelPath;
 use pool::{Purpose, Session, rpc};
@@ -523,5 +524,18 @@ impl Share for Nfs3Share {
         progress: std::sync::Arc<CopyProgress>,
     ) -> Result<Copied, BackendError> {
         copy::copy_tree(self, from, to, top, &progress).await
+    }
+
+    async fn write_file(
+        &self,
+        path: &RelPath,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<Written, BackendError> {
+        self.write_new_file(path, bytes, mode).await
+    }
+
+    async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        self.read_small_file(path, max).await
     }
 }

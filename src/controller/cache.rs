@@ -51,6 +51,7 @@ const READ_ANNOTATIONS: &[&str] = &[
     plan::ANN_STORAGE_PROVISIONER_BETA,
     plan::ANN_SELECTED_NODE,
     plan::ANN_CLASS_BETA,
+    plan::restore::ANN_RESTORE_FROM,
 ];
 
 /// Marks a cached claim that lost labels or annotations to [`strip_claim`]: if its class

@@ -46,7 +46,8 @@ pub struct CachedVolumeSpec {
     /// (a map's node costs about half a KiB per PV), and cut from others' volumes.
     #[serde(default, deserialize_with = "storage_only")]
     pub capacity: Option<Quantity>,
-    /// Read for adopted volumes only: their class says what their release does.
+    /// Read for adopted volumes (their class says what their release does) and recorded
+    /// with an archive, for its class's retention.
     #[serde(default)]
     pub storage_class_name: Option<String>,
 }

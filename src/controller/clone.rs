@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::cached_volume::CachedVolume;
 use super::{Context, Error, name_of, uid_of};
+use crate::backend::metadata::metadata_dir;
 use crate::backend::{
     AnyShare, BackendError, Copied, CopyProgress, DirAttrs, PARENT_MODE, Renamed, Share, stamped,
 };
@@ -35,8 +36,8 @@ use crate::path::RelPath;
 use crate::plan::clone::{CloneRefusal, CloneSource, check_source, requested};
 use crate::plan::{PlanError, ProvisionPlan};
 
-/// Where copies are staged, at the share root; never a volume's directory.
-pub const CLONES_DIR: &str = ".nfs3-provisioner/clones";
+/// Where copies are staged, never a volume's directory: a subdirectory of the share's metadata directory (`path::METADATA_DIR`) for staging.
+pub const CLONES: &str = "clones";
 /// How often a running copy checks that its source and its claim are still there.
 const WATCH: Duration = Duration::from_secs(5);
 /// How often the claim of a running copy comes back to look at it.
@@ -202,7 +203,7 @@ async fn step(
 }
 
 fn staging_dir(uid: &str) -> Result<RelPath, Error> {
-    RelPath::parse(&format!("{CLONES_DIR}/{uid}"))
+    RelPath::metadata(&[CLONES, uid])
         .map_err(|e| Error::Refused(format!("cannot stage a clone for uid {uid:?}: {e}")))
 }
 
@@ -232,9 +233,7 @@ async fn start(
         info!(claim = name_of(pvc), staging = %staging, "removing an unfinished clone copy");
         share.remove_tree(staging).await?;
     }
-    if let Some(parent) = parent_of(staging) {
-        share.create_dir(&parent, private_dir()).await?;
-    }
+    metadata_dir(share, CLONES).await?;
     let progress = Arc::new(CopyProgress::default());
     let handle = tokio::spawn(run(
         Job {

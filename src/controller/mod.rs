@@ -3,6 +3,7 @@
 //! ([`expand`]), one reclaims released volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
 
 mod adopt;
+mod archives;
 mod cache;
 pub mod cached_volume;
 mod clone;
@@ -12,6 +13,8 @@ mod expand;
 mod placement;
 mod provision;
 mod reclaim;
+mod restore;
+mod retention;
 mod retry;
 
 use std::collections::HashMap;
@@ -60,6 +63,8 @@ pub struct Context {
     placements: placement::Placements,
     /// Clone copies under way, by claim uid (see [`clone`]).
     clones: clone::Clones,
+    /// Pause between passes of archive retention.
+    archive_retention_interval: std::time::Duration,
 }
 
 impl Context {
@@ -86,6 +91,7 @@ impl Context {
             reclaimed: Mutex::new(HashMap::new()),
             placements: Default::default(),
             clones: clone::Clones::default(),
+            archive_retention_interval: retention::DEFAULT_INTERVAL,
         }
     }
 
@@ -97,6 +103,11 @@ impl Context {
 }
 
 impl Context {
+    pub fn with_archive_retention_interval(mut self, every: std::time::Duration) -> Self {
+        self.archive_retention_interval = every;
+        self
+    }
+
     pub fn with_adoption(mut self, adoption: Option<Adoption>) -> Self {
         self.adoption = adoption;
         self
@@ -216,6 +227,8 @@ pub async fn run(
             ready.set_synced(true);
         }
     });
+    // Only while these controllers run: on the leader alone.
+    let retention = tokio::spawn(retention::run(ctx.clone(), wait(shutdown_tx.subscribe())));
     let controllers = async { tokio::join!(claims_ctl, volumes_ctl) };
     tokio::pin!(controllers);
     tokio::select! {
@@ -227,6 +240,7 @@ pub async fn run(
         }
     }
     readiness.abort();
+    retention.abort();
     info!("controllers stopped");
 }
 
@@ -263,4 +277,5 @@ mod tests {
     mod placement;
     mod provisioning;
     mod reclaiming;
+    mod restoring;
 }

@@ -215,7 +215,12 @@ async fn create(
     ctx: &Context,
 ) -> Result<(), Error> {
     let share = ctx.shares.get(&volume.target)?;
-    let made = share.create_dir(&volume.directory, volume.attrs).await?;
+    // A claim naming an archive gets it renamed into place instead of a new directory.
+    let restoring = super::restore::take(&share, pvc, volume).await?;
+    let made = match restoring {
+        Some(_) => Made::Created,
+        None => share.create_dir(&volume.directory, volume.attrs).await?,
+    };
     // A directory an earlier attempt for this claim made comes back as Created: it
     // carries the claim's stamp. Anything else that exists is someone else's.
     if let Made::Existed(st) = made {
@@ -225,7 +230,7 @@ async fn create(
             .map_err(|e| Error::Existing(e.to_string()))?;
     }
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match api.create(&PostParams::default(), &volume.pv).await {
+    let created = match api.create(&PostParams::default(), &volume.pv).await {
         Ok(_) => Ok(()),
         // Same name means same claim uid: an earlier attempt (or a crash before it saw
         // the answer) already created it.
@@ -234,5 +239,9 @@ async fn create(
             Ok(())
         }
         Err(e) => Err(e.into()),
+    };
+    if let (Ok(()), Some(r)) = (&created, restoring) {
+        super::restore::finish(&share, r).await;
     }
+    created
 }

@@ -134,7 +134,10 @@ async fn reclaim_data(pv: &PersistentVolume, ctx: &Context) -> Result<(), Error>
         }
     };
     let action = plan.on_delete.as_str();
-    let result = act(&plan, ctx).await;
+    let result = match super::archives::before_reclaim(pv, &plan, ctx).await {
+        Ok(()) => act(&plan, ctx).await,
+        Err(e) => Err(e),
+    };
     if let Err(Error::Waiting(why)) = &result {
         // Nothing failed: another volume of the same directory goes first.
         debug!(why, "waiting");

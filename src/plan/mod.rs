@@ -11,6 +11,8 @@
 //! - [`expand`]: growing a bound claim's volume, and [`quantity`], the sizes it compares.
 //! - [`adopt`]: the volumes of another provisioner reclaimed as it would have.
 //! - [`clone`]: whether a claim asks for a copy of another claim, and may have it.
+//! - [`archive`]: who owned an archive (its record), and who holds it now;
+//! - [`restore`]: whether a claim may start from an archive.
 
 use thiserror::Error;
 
@@ -18,9 +20,10 @@ use crate::params::ParamError;
 use crate::path::{PathError, TemplateError};
 
 pub mod adopt;
+pub mod archive;
 pub mod claim;
-pub mod expand;
 pub mod clone;
+pub mod expand;
 #[cfg(test)]
 pub(crate) mod fixtures;
 pub mod ownership;
@@ -29,6 +32,7 @@ pub mod quantity;
 pub mod reclaim;
 pub mod record;
 pub mod release;
+pub mod restore;
 pub mod volume;
 
 pub use claim::{

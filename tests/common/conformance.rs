@@ -498,3 +498,73 @@ pub async fn copy_is_faithful_and_never_follows<S: Share>(
     );
     assert!(!disk.join(base).join("via").exists());
 }
+
+/// Small files (the provisioner's records): exclusive create, exact read back, refusals
+/// of what is not a regular file, a size bound on reading. `disk` as above.
+pub async fn small_files_are_exclusive_and_bounded<S: Share>(
+    share: &S,
+    base: &str,
+    disk: &std::path::Path,
+) {
+    use nfs3_provisioner::backend::Written;
+    use std::os::unix::fs::PermissionsExt;
+    share.create_dir(&p(base, "files"), RWX).await.unwrap();
+    let f = p(base, "files/record");
+    assert_eq!(share.read_file(&f, 1024).await.unwrap(), None);
+    // Larger than one READ/WRITE chunk, so both loops go round.
+    let body: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        share.write_file(&f, &body, 0o600).await.unwrap(),
+        Written::Created
+    );
+    assert_eq!(share.read_file(&f, 100_000).await.unwrap().unwrap(), body);
+    let on_disk = std::fs::metadata(disk.join(base).join("files/record")).unwrap();
+    assert_eq!(on_disk.permissions().mode() & 0o777, 0o600);
+    // A second writer finds it and changes nothing.
+    assert_eq!(
+        share.write_file(&f, b"other", 0o600).await.unwrap(),
+        Written::Existed
+    );
+    assert_eq!(share.read_file(&f, 100_000).await.unwrap().unwrap(), body);
+    assert!(matches!(
+        share.read_file(&f, 1000).await,
+        Err(BackendError::TooLarge { .. })
+    ));
+    // Removed like any entry.
+    assert_eq!(
+        share.remove_tree(&f).await.unwrap(),
+        Removed::Removed { entries: 1 }
+    );
+    assert_eq!(share.read_file(&f, 1024).await.unwrap(), None);
+    // Not a file, or a link to one: refused, never followed.
+    assert!(matches!(
+        share.read_file(&p(base, "files"), 1024).await,
+        Err(BackendError::NotAFile { .. })
+    ));
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"s").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        disk.join(base).join("files/link"),
+    )
+    .unwrap();
+    assert!(matches!(
+        share.read_file(&p(base, "files/link"), 1024).await,
+        Err(BackendError::Symlink { .. })
+    ));
+    assert_eq!(
+        share
+            .write_file(&p(base, "files/link"), b"x", 0o600)
+            .await
+            .unwrap(),
+        Written::Existed
+    );
+    assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
+    // The parent must exist.
+    assert!(
+        share
+            .write_file(&p(base, "nowhere/record"), b"x", 0o600)
+            .await
+            .is_err()
+    );
+}

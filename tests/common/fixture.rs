@@ -449,8 +449,12 @@ fn remove_dirs(dirs: &[PathBuf], needles: &[&str]) {
         })
         .cloned()
         .collect();
-    for export in &exports {
-        let Ok(entries) = std::fs::read_dir(export) else {
+    // The provisioner's records of archives (named after them) go with the archives.
+    let record_dirs = exports
+        .iter()
+        .flat_map(|e| ["archives", "archive-claims"].map(|d| e.join(".nfs3-provisioner").join(d)));
+    for export in exports.iter().cloned().chain(record_dirs) {
+        let Ok(entries) = std::fs::read_dir(&export) else {
             continue;
         };
         for e in entries.flatten() {

@@ -630,6 +630,7 @@ impl Session<'_> {
 /// The copy passes the root handle only to LOOKUP and MKDIR (when the target's parent is
 /// the root), which `pool` rebases; everything else works below the root, on handles
 /// that a remount does not renew: a STALE there fails the copy, which starts again.
+/// (READ, WRITE and CREATE have theirs in `pool`, shared with the small-file calls.)
 macro_rules! below_root {
     ($($lt:lifetime),* ; $ty:ty) => {
         impl<$($lt),*> RootArgs for $ty {
@@ -641,9 +642,6 @@ macro_rules! below_root {
     };
 }
 
-below_root!(; READ3args);
-below_root!('a; WRITE3args<'a>);
-below_root!('a; CREATE3args<'a>);
 below_root!('a; SYMLINK3args<'a>);
 below_root!('a; LINK3args<'a>);
 below_root!('a; MKNOD3args<'a>);

@@ -517,3 +517,34 @@ root_args!(; SETATTR3args => SETATTR3args, |a, old, new, hit| SETATTR3args {
     new_attributes: a.new_attributes.clone(),
     guard: a.guard,
 });
+
+// Files (the provisioner's own records): CREATE names its parent directory, which may
+// be the root; READ and WRITE name the file, never the root.
+impl RootArgs for nfs3_client::nfs3_types::nfs3::CREATE3args<'_> {
+    type Owned = nfs3_client::nfs3_types::nfs3::CREATE3args<'static>;
+    fn rebased(&self, old: &nfs_fh3, new: &nfs_fh3) -> Option<Self::Owned> {
+        use nfs3_client::nfs3_types::nfs3::createhow3;
+        let mut hit = false;
+        let where_ = dirop(&self.where_, old, new, &mut hit);
+        let how = match &self.how {
+            createhow3::UNCHECKED(s) => createhow3::UNCHECKED(s.clone()),
+            createhow3::GUARDED(s) => createhow3::GUARDED(s.clone()),
+            createhow3::EXCLUSIVE(v) => createhow3::EXCLUSIVE(*v),
+        };
+        hit.then_some(nfs3_client::nfs3_types::nfs3::CREATE3args { where_, how })
+    }
+}
+
+impl RootArgs for nfs3_client::nfs3_types::nfs3::WRITE3args<'_> {
+    type Owned = nfs3_client::nfs3_types::nfs3::WRITE3args<'static>;
+    fn rebased(&self, _: &nfs_fh3, _: &nfs_fh3) -> Option<Self::Owned> {
+        None
+    }
+}
+
+impl RootArgs for nfs3_client::nfs3_types::nfs3::READ3args {
+    type Owned = nfs3_client::nfs3_types::nfs3::READ3args;
+    fn rebased(&self, _: &nfs_fh3, _: &nfs_fh3) -> Option<Self::Owned> {
+        None
+    }
+}

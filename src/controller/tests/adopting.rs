@@ -67,7 +67,10 @@ async fn the_class_says_delete_archive_or_retain_then_the_pv_goes() {
         ),
         (
             &[][..],
+            // Archived like our own: its owner recorded first, where tenants cannot write.
             vec![
+                ".nfs3-provisioner".to_string(),
+                ".nfs3-provisioner/archives".to_string(),
                 archived.clone(),
                 format!("{archived}/sub"),
                 "neighbour".into(),

@@ -68,9 +68,12 @@ async fn archive_renames_the_directory_beside_itself() {
     h.reclaim(&pv).await.expect("reclaimed");
     assert_eq!(h.calls(), release_calls());
     let archived = format!("archived-{DIR}");
+    // The record of who owned it is written beside the share's volumes, before the rename.
     assert_eq!(
         h.call(1).share_then,
         [
+            ".nfs3-provisioner".into(),
+            ".nfs3-provisioner/archives".into(),
             archived.clone(),
             format!("{archived}/sub"),
             "neighbour".into()
@@ -78,6 +81,11 @@ async fn archive_renames_the_directory_beside_itself() {
     );
     let file = h.share().join(&archived).join("sub/file");
     assert_eq!(std::fs::read(file).expect("archived data"), b"data");
+    let record = h.share().join(".nfs3-provisioner/archives").join(&archived);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record).expect("record")).expect("json");
+    assert_eq!(record["archive"], json!(archived));
+    assert_eq!(record["directory"], json!(DIR));
 }
 
 /// onDelete retain: the PV goes, the directory stays as it is.
