@@ -7,6 +7,7 @@
 
 pub mod mounted;
 pub mod nfs3;
+mod usage;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use thiserror::Error;
 pub use nfs3_client::nfs3_types::nfs3::nfsstat3 as NfsStatus;
 
 use crate::path::RelPath;
+pub use usage::{Pace, Usage};
 
 /// Attributes given to a newly provisioned directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +276,14 @@ pub trait Share: Send + Sync {
         dir: Option<&RelPath>,
     ) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     fn space(&self) -> impl Future<Output = Result<Space, BackendError>> + Send;
+    /// What `dir` holds (see [`Usage`]), or `None` when it does not exist. Never
+    /// follows a symlink or leaves `dir`; memory stays bounded whatever the depth and
+    /// width; each call waits for its turn in `pace`.
+    fn usage(
+        &self,
+        dir: &RelPath,
+        pace: &Pace,
+    ) -> impl Future<Output = Result<Option<Usage>, BackendError>> + Send;
 }
 
 /// Where a volume lives: what a class names and a PV records.
@@ -325,6 +335,9 @@ impl Share for AnyShare {
     }
     async fn space(&self) -> Result<Space, BackendError> {
         delegate!(self, space())
+    }
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        delegate!(self, usage(dir, pace))
     }
 }
 

@@ -4,6 +4,7 @@
 //! each under a deadline.
 
 mod remove;
+mod usage;
 
 use std::fs;
 use std::io::ErrorKind;
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
-    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat,
+    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Pace, Removed, Renamed, Share, Space, Stat,
+    Usage,
 };
 use crate::path::RelPath;
 
@@ -302,6 +304,14 @@ impl Share for MountedShare {
 
     async fn space(&self) -> Result<Space, BackendError> {
         self.blocking(statvfs).await
+    }
+
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        let (dir, pace) = (dir.clone(), pace.clone());
+        self.watched("usage", move |root, progress| {
+            usage::usage(root, &dir, &pace, progress)
+        })
+        .await
     }
 }
 

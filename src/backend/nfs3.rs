@@ -10,6 +10,7 @@
 
 mod pool;
 mod remove;
+mod usage;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,7 +22,8 @@ use nfs3_client::nfs3_types::nfs3::{
 };
 
 use super::{
-    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share, Space, Stat, Target,
+    BackendError, DirAttrs, Kind, Made, PARENT_MODE, Pace, Removed, Renamed, Share, Space, Stat,
+    Target, Usage,
 };
 use crate::path::RelPath;
 use pool::{Purpose, Session, rpc};
@@ -511,5 +513,9 @@ impl Share for Nfs3Share {
             }),
             Nfs3Result::Err((stat, _)) => Err(status("FSSTAT", "/", stat)),
         }
+    }
+
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        self.usage_of(dir, pace).await
     }
 }
