@@ -36,6 +36,7 @@ async fn mounted_backend_conformance() {
     conformance::remove_and_rename_are_idempotent(&share, "t").await;
     conformance::space_is_reported(&share).await;
     conformance::removal_never_follows_symlinks(&share, "t", dir.path()).await;
+    conformance::usage_never_follows_symlinks(&share, "t", dir.path()).await;
 }
 
 #[tokio::test]
@@ -47,6 +48,7 @@ async fn nfs3_backend_conformance() {
     conformance::remove_and_rename_are_idempotent(&share, &base).await;
     conformance::space_is_reported(&share).await;
     conformance::removal_never_follows_symlinks(&share, &base, &common::nfs().export1).await;
+    conformance::usage_never_follows_symlinks(&share, &base, &common::nfs().export1).await;
     share
         .remove_tree(&RelPath::parse(&base).unwrap())
         .await
