@@ -125,6 +125,20 @@ pub struct RunArgs {
     /// is released and the process exits (keep it below the pod's grace period).
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,
+    /// How often every volume's usage is counted (10m, 1h, 30s); 0 turns the scan off.
+    #[arg(long, env = "USAGE_SCAN_INTERVAL", default_value = "10m", value_parser = parse_interval)]
+    pub usage_scan_interval: Duration,
+    /// NFS calls a second the usage scan may make on each share; 0 for no limit.
+    #[arg(long, env = "USAGE_SCAN_CALLS_PER_SECOND", default_value_t = 100)]
+    pub usage_scan_calls_per_second: u32,
+}
+
+/// An age as `units::parse_age` reads it, or a bare 0 for "off".
+fn parse_interval(raw: &str) -> Result<Duration, crate::units::DurationError> {
+    if raw.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::units::parse_age(raw)
 }
 
 #[derive(Args, Debug, Clone)]

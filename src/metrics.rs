@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod usage;
+pub use usage::{VolumeUsage, forget_volume, share_space, volume_usage};
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
@@ -22,6 +25,7 @@ pub struct Metrics {
     nfs_seconds: Family<Labels, Histogram>,
     in_flight: Family<Labels, Gauge>,
     leader: Gauge,
+    usage: usage::UsageMetrics,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -76,8 +80,10 @@ impl Metrics {
             "1 when this instance holds the lease and acts",
             leader.clone(),
         );
+        let usage = usage::UsageMetrics::register(&mut registry);
         Self {
             registry,
+            usage,
             provisions,
             deletions,
             provision_seconds,

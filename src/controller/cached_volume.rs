@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
     PersistentVolumeStatus,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::{Deserialize, Deserializer};
 
@@ -41,6 +42,11 @@ pub struct CachedVolumeSpec {
     pub nfs: Option<NFSVolumeSource>,
     #[serde(default)]
     pub persistent_volume_reclaim_policy: Option<String>,
+    /// Read by the usage scan: the size a volume warns past, and its class's percent.
+    #[serde(default)]
+    pub capacity: Option<BTreeMap<String, Quantity>>,
+    #[serde(default)]
+    pub storage_class_name: Option<String>,
 }
 
 /// The metadata fields anything here reads. Unknown fields, `managedFields` among them,
@@ -106,6 +112,8 @@ impl CachedVolume {
         meta.owner_references = None;
         meta.creation_timestamp = None;
         if let Some(spec) = self.spec.as_mut() {
+            spec.capacity = None;
+            spec.storage_class_name = None;
             spec.claim_ref = spec.claim_ref.take().map(|r| ObjectReference {
                 namespace: r.namespace,
                 ..Default::default()
@@ -124,6 +132,8 @@ impl CachedVolume {
                 claim_ref: s.claim_ref.clone(),
                 nfs: s.nfs.clone(),
                 persistent_volume_reclaim_policy: s.persistent_volume_reclaim_policy.clone(),
+                capacity: s.capacity.clone(),
+                storage_class_name: s.storage_class_name.clone(),
                 ..Default::default()
             }),
             status: self.status.clone(),

@@ -1,6 +1,7 @@
 //! Wiring: the shared [`Context`], and [`run`], which starts the caches ([`cache`]) and
 //! the two controllers: one provisions claims ([`provision`]), one reclaims released
-//! volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
+//! volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`]; the
+//! background usage scan in [`usage`].
 
 mod cache;
 pub mod cached_volume;
@@ -9,6 +10,7 @@ mod events;
 mod provision;
 mod reclaim;
 mod retry;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,6 +33,7 @@ use cached_volume::CachedVolume;
 pub(crate) use retry::Reclaimed;
 use retry::error_policy;
 pub use retry::{Error, backoff_delay};
+pub use usage::UsageScan;
 
 pub struct Context {
     pub client: Client,
@@ -49,6 +52,8 @@ pub struct Context {
     /// more event for it (deletion timestamp set, our finalizer still on) from before
     /// the finalizer went; this spares running the idempotent steps again for it.
     reclaimed: Mutex<HashMap<String, (Instant, Reclaimed)>>,
+    /// The background usage scan (`usage.rs`), when it is on.
+    usage_scan: Option<UsageScan>,
 }
 
 impl Context {
@@ -72,7 +77,14 @@ impl Context {
             directories: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reclaimed: Mutex::new(HashMap::new()),
+            usage_scan: None,
         }
+    }
+
+    /// Turns the usage scan on (`Some`) for as long as the controllers run.
+    pub fn with_usage_scan(mut self, scan: Option<UsageScan>) -> Self {
+        self.usage_scan = scan;
+        self
     }
 }
 
@@ -134,6 +146,8 @@ pub async fn run(
     );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
     let _ = provisioner.set(ctx.provisioner.clone());
+    // Stops with this function, or when its future is dropped (the Lease lost).
+    let _usage_scan = usage::start(ctx.clone());
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.

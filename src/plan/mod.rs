@@ -6,7 +6,8 @@
 //! - [`ownership`]: whose directory is it;
 //! - [`record`]: the PV annotations written at provisioning and read back at reclaim;
 //! - [`reclaim`]: what to do with one of our PVs, and the complete reclaim plan;
-//! - [`release`]: directories shared by several released volumes, archive names.
+//! - [`release`]: directories shared by several released volumes, archive names;
+//! - [`usage`]: which volumes a usage scan looks at, and when one is over its size.
 
 use thiserror::Error;
 
@@ -20,6 +21,7 @@ pub mod ownership;
 pub mod reclaim;
 pub mod record;
 pub mod release;
+pub mod usage;
 pub mod volume;
 
 pub use claim::{
