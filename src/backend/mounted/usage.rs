@@ -160,7 +160,7 @@ fn walk(
                 continue;
             }
             read += 1;
-            if read % ENTRIES_PER_CALL == 0 {
+            if read.is_multiple_of(ENTRIES_PER_CALL) {
                 call(u);
             }
             let st = match statat(&cur, name, AtFlags::SYMLINK_NOFOLLOW) {
