@@ -28,6 +28,8 @@ use tokio::sync::RwLock;
 mod chaos;
 #[path = "e2e/leader.rs"]
 mod leader;
+#[path = "e2e/usage.rs"]
+mod usage;
 
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 

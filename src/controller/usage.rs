@@ -73,7 +73,8 @@ async fn run(ctx: Arc<Context>, scan: UsageScan) {
     let shares = Shares::new(scan.backend.clone());
     let mut paces: HashMap<Target, Pace> = HashMap::new();
     let seen: Seen = Mutex::new(HashMap::new());
-    if ctx.volumes.wait_until_ready().await.is_err() {
+    // Not `wait_until_ready`: the store wakes only one waiter (see `cache::synced`).
+    if super::cache::synced(&ctx.volumes).await.is_err() {
         return;
     }
     info!(interval = ?scan.interval, calls_per_second = scan.calls_per_second, "usage scans on");
@@ -189,13 +190,15 @@ async fn judge(ctx: &Context, v: Scanned, u: &Usage, seen: &Seen) {
         over,
         at_seconds: at,
     });
-    if u.unreadable > 0 {
-        debug!(
-            pv = v.pv,
-            unreadable = u.unreadable,
-            "usage scan skipped unreadable directories"
-        );
-    }
+    debug!(
+        pv = v.pv,
+        bytes = u.bytes,
+        files = u.files,
+        unreadable = u.unreadable,
+        calls = u.calls,
+        warn_at = ?limit,
+        "volume counted"
+    );
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(v.claim.clone()),
