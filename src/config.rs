@@ -180,6 +180,10 @@ pub struct AuditArgs {
     /// How to print the report.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Also count what each of our volumes holds (bytes, files, directories) against
+    /// its capacity: walks every volume, so it takes longer.
+    #[arg(long)]
+    pub usage: bool,
     #[command(flatten)]
     pub nfs: NfsArgs,
 }

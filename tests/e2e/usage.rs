@@ -189,6 +189,23 @@ async fn usage_follows_writes_and_warns_once_per_crossing() {
     )
     .await;
 
+    // `audit --usage` counts the same: a (300 KiB) and c (600 KiB).
+    let (code, report) = run_audit(&fx.provisioner, &["--usage"]);
+    let row = report["shares"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["usage"].as_array().into_iter().flatten())
+        .find(|u| u["pv"] == json!(pv_name))
+        .unwrap_or_else(|| panic!("audit --usage lists {pv_name}: {report:#}"))
+        .clone();
+    // 1 is fine: others' directories on the shared export are orphans to this name.
+    assert!(matches!(code, Some(0 | 1)), "{report:#}");
+    assert_eq!(row["files"], json!(2), "{row:#}");
+    assert_eq!(row["dirs"], json!(2), "{row:#}");
+    assert_eq!(row["capacity_bytes"], json!(1 << 20), "{row:#}");
+    assert!(row["used_bytes"].as_u64() >= Some(900 << 10), "{row:#}");
+
     // The volume goes: so do its series.
     fx.reclaim_all(&ns, Duration::from_secs(30), &p).await;
     metric_until(&p, "the series gone", &used, |v| v.is_none()).await;
