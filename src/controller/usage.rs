@@ -66,13 +66,30 @@ pub(super) fn start(ctx: Arc<Context>) -> Option<Running> {
     Some(Running(tokio::spawn(run(ctx, scan))))
 }
 
-/// Over or not at the last scan, per PV name, and the labels its series carry.
-type Seen = Mutex<HashMap<String, (Scanned, bool)>>;
+/// Over or not at the last scan, per PV name, and the labels its series carry. Dropped
+/// when the scan stops (the Lease lost, shutdown), it takes the volumes' series with
+/// it: a replica that no longer scans shows no stale usage.
+#[derive(Default)]
+struct Seen(Mutex<HashMap<String, (Scanned, bool)>>);
+
+impl Seen {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Scanned, bool)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        for (v, _) in self.lock().values() {
+            metrics::forget_volume(&v.namespace, &v.claim, &v.pv);
+        }
+    }
+}
 
 async fn run(ctx: Arc<Context>, scan: UsageScan) {
     let shares = Shares::new(scan.backend.clone());
     let mut paces: HashMap<Target, Pace> = HashMap::new();
-    let seen: Seen = Mutex::new(HashMap::new());
+    let seen = Seen::default();
     // Not `wait_until_ready`: the store wakes only one waiter (see `cache::synced`).
     if super::cache::synced(&ctx.volumes).await.is_err() {
         return;
@@ -111,7 +128,7 @@ async fn run(ctx: Arc<Context>, scan: UsageScan) {
 /// Drops the series and memory of volumes no longer ours, bound, or there at all.
 fn forget_gone(seen: &Seen, volumes: &[Scanned]) {
     let now: HashSet<&str> = volumes.iter().map(|v| v.pv.as_str()).collect();
-    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seen = seen.lock();
     seen.retain(|pv, (v, _)| {
         let keep = now.contains(pv.as_str());
         if !keep {
@@ -168,11 +185,7 @@ async fn scan_share(
 async fn judge(ctx: &Context, v: Scanned, u: &Usage, seen: &Seen) {
     let percent = warn_percent(ctx, &v);
     let limit = v.capacity.map(|c| threshold(c, percent));
-    let was = seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&v.pv)
-        .map(|(_, over)| *over);
+    let was = seen.lock().get(&v.pv).map(|(_, over)| *over);
     let (over, change) = match limit {
         Some(limit) => crossing(was, u.bytes, limit),
         None => (false, Crossing::Same),
@@ -240,9 +253,7 @@ async fn judge(ctx: &Context, v: Scanned, u: &Usage, seen: &Seen) {
         }
         Crossing::Same => {}
     }
-    seen.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(v.pv.clone(), (v, over));
+    seen.lock().insert(v.pv.clone(), (v, over));
 }
 
 /// The class's `usageWarnPercent` as the class is now; the default when the class is
