@@ -172,6 +172,20 @@ pub struct RunArgs {
     /// pass removes one archive at a time.
     #[arg(long, env = "ARCHIVE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::units::parse_age)]
     pub archive_retention_interval: Duration,
+    /// How often every volume's usage is counted (10m, 1h, 30s); 0 turns the scan off.
+    #[arg(long, env = "USAGE_SCAN_INTERVAL", default_value = "10m", value_parser = parse_interval)]
+    pub usage_scan_interval: Duration,
+    /// NFS calls a second the usage scan may make on each share; 0 for no limit.
+    #[arg(long, env = "USAGE_SCAN_CALLS_PER_SECOND", default_value_t = 100)]
+    pub usage_scan_calls_per_second: u32,
+}
+
+/// An age as `units::parse_age` reads it, or a bare 0 for "off".
+fn parse_interval(raw: &str) -> Result<Duration, crate::units::DurationError> {
+    if raw.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::units::parse_age(raw)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,6 +227,10 @@ pub struct AuditArgs {
     /// How to print the report.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Also count what each of our volumes holds (bytes, files, directories) against
+    /// its capacity: walks every volume, so it takes longer.
+    #[arg(long)]
+    pub usage: bool,
     #[command(flatten)]
     pub nfs: NfsArgs,
     /// The adopted provisioner's PVs are audited too, on its share.

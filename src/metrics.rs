@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod usage;
+pub use usage::{VolumeUsage, forget_volume, share_space, volume_usage};
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
@@ -28,6 +31,7 @@ pub struct Metrics {
     archives_expired: Counter,
     archive_expiry_failures: Counter,
     archive_retention_passes: Counter,
+    usage: usage::UsageMetrics,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -114,8 +118,10 @@ impl Metrics {
             clone_entries.clone(),
         );
         registry.register("clone", "Clone copies finished, by result", clones.clone());
+        let usage = usage::UsageMetrics::register(&mut registry);
         Self {
             registry,
+            usage,
             provisions,
             deletions,
             provision_seconds,

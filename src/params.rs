@@ -34,6 +34,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "minFreeBytes",
     "minFreePercent",
     "archiveRetention",
+    "usageWarnPercent",
 ];
 
 /// What happens to a directory when its PV is released with reclaim policy Delete.
@@ -223,6 +224,9 @@ impl ClassParams {
             None => None,
         };
 
+        // Read by the usage scan, from the class as it is then; refused here so a typo
+        // shows on the first claim instead of silently warning at 100 %.
+        usage_warn_percent(params)?;
         let on_delete = parse_on_delete(get("onDelete"), get("archiveOnDelete"))?;
         let mode = get("mode")
             .map(parse_mode)
@@ -376,6 +380,26 @@ fn parse_on_delete(on_delete: Option<&str>, archive: Option<&str>) -> Result<OnD
         (Some(o), _) => Ok(o),
         (None, Some(a)) => Ok(a),
         (None, None) => Ok(OnDelete::Archive),
+    }
+}
+
+/// `usageWarnPercent`: the share of a volume's requested capacity past which its
+/// claim gets an `OverCapacity` warning (1 to 1000; `None` when unset).
+pub fn usage_warn_percent(params: &BTreeMap<String, String>) -> Result<Option<u32>, ParamError> {
+    let Some(raw) = params
+        .get("usageWarnPercent")
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    match raw.parse::<u32>() {
+        Ok(p) if (1..=1000).contains(&p) => Ok(Some(p)),
+        _ => Err(invalid(
+            "usageWarnPercent",
+            raw,
+            "expected a whole number of percent from 1 to 1000",
+        )),
     }
 }
 
@@ -549,5 +573,26 @@ mod tests {
             ClassParams::parse(&p(&[("server", "h")]), &none),
             Err(ParamError::NoShare)
         );
+    }
+
+    #[test]
+    fn usage_warn_percent_is_a_bounded_whole_number() {
+        let with = |v: &str| BTreeMap::from([("usageWarnPercent".to_string(), v.to_string())]);
+        assert_eq!(usage_warn_percent(&BTreeMap::new()), Ok(None));
+        assert_eq!(usage_warn_percent(&with("90")), Ok(Some(90)));
+        assert_eq!(usage_warn_percent(&with(" 150 ")), Ok(Some(150)));
+        for bad in ["0", "1001", "90%", "-5", "0.9", "x"] {
+            assert!(usage_warn_percent(&with(bad)).is_err(), "{bad}");
+        }
+        let mut params = with("abc");
+        params.insert("server".into(), "10.0.0.1".into());
+        params.insert("share".into(), "/srv".into());
+        assert!(matches!(
+            ClassParams::parse(&params, &Defaults::default()),
+            Err(ParamError::Invalid {
+                key: "usageWarnPercent",
+                ..
+            })
+        ));
     }
 }

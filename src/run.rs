@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::backend::{BackendConfig, Share, Shares, Target};
 use crate::config::{BackendKind, RunArgs};
-use crate::controller::{self, Context};
+use crate::controller::{self, Context, UsageScan};
 use crate::error::BoxError;
 use crate::health::{Readiness, Role};
 use crate::http;
@@ -68,15 +68,22 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
     tokio::spawn(http::serve(listener, ready.clone()));
     tokio::spawn(watch_default_share(
         Shares::new(backend.clone()),
-        default_target,
+        default_target.clone(),
         ready.clone(),
     ));
 
+    let usage_scan = (!args.usage_scan_interval.is_zero()).then(|| UsageScan {
+        interval: args.usage_scan_interval,
+        calls_per_second: args.usage_scan_calls_per_second,
+        backend: UsageScan::own_backend(&backend),
+        shares: default_target.iter().cloned().collect(),
+    });
     let make_ctx = {
         let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
         move |backend: BackendConfig| {
             let (client, args, defaults) = (client.clone(), args.clone(), defaults.clone());
             let adoption = adoption.clone();
+            let usage_scan = usage_scan.clone();
             move |classes, volumes| {
                 Context::new(
                     client,
@@ -93,6 +100,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode, BoxError> {
                 .with_adoption(adoption)
                 .with_max_clones(args.max_concurrent_clones)
                 .with_archive_retention_interval(args.archive_retention_interval)
+                .with_usage_scan(usage_scan.clone())
             }
         }
     };

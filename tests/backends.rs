@@ -37,6 +37,7 @@ async fn mounted_backend_conformance() {
     conformance::space_is_reported(&share).await;
     conformance::removal_never_follows_symlinks(&share, "t", dir.path()).await;
     conformance::small_files_are_exclusive_and_bounded(&share, "t", dir.path()).await;
+    conformance::usage_never_follows_symlinks(&share, "t", dir.path()).await;
 }
 
 #[tokio::test]
@@ -65,6 +66,7 @@ async fn nfs3_backend_conformance() {
     conformance::space_is_reported(&share).await;
     conformance::removal_never_follows_symlinks(&share, &base, &common::nfs().export1).await;
     conformance::small_files_are_exclusive_and_bounded(&share, &base, &common::nfs().export1).await;
+    conformance::usage_never_follows_symlinks(&share, &base, &common::nfs().export1).await;
     share
         .remove_tree(&RelPath::parse(&base).unwrap())
         .await

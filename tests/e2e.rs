@@ -32,6 +32,8 @@ mod chaos;
 mod leader;
 #[path = "e2e/placement.rs"]
 mod placement;
+#[path = "e2e/usage.rs"]
+mod usage;
 
 static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
 

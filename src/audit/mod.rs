@@ -28,8 +28,12 @@
 //! The decisions ([`compare`]) are pure and work on a [`Snapshot`] of the share; the I/O
 //! is in [`audit_share`] (scan, compare, then prune with `apply`) and [`audit`] (the
 //!
+//! With `--usage`, each of our volumes is also counted ([`usage`]: bytes, files,
+//! directories, against the PV's capacity).
+//!
 //! Files: [`compare`] (the pure decisions), [`scan`] (the walk), [`prune`] (removal
-//! with `--apply`), [`report`] (output and exit code); this one holds the command.
+//! with `--apply`), [`report`] (output and exit code), [`usage`]; this one holds the
+//! command.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -55,10 +59,12 @@ mod prune;
 mod records;
 mod report;
 mod scan;
+mod usage;
 
 use compare::Pointers;
 pub use compare::{Entry, Snapshot, compare};
 pub use report::{Archive, ArchiveAction, Missing, Orphan, Report, ShareReport, Unreadable};
+pub use usage::VolumeUsage;
 
 /// Exit code when the audit itself failed (and clap's for a bad command line).
 pub const EXIT_ERROR: u8 = 2;
@@ -243,7 +249,13 @@ async fn run_audit(args: &AuditArgs) -> Result<Report, AuditError> {
     let mut reports = Vec::new();
     for target in &targets {
         let result = match shares.get(target) {
-            Ok(share) => audit_share(&share, target, &pvs, None, &policy).await,
+            Ok(share) => match audit_share(&share, target, &pvs, None, &policy).await {
+                Ok(mut report) if args.usage => {
+                    report.usage = usage::usage_of(&share, target, &pvs, &policy.provisioner).await;
+                    Ok(report)
+                }
+                other => other,
+            },
             Err(e) => Err(e.into()),
         };
         reports.push(result.unwrap_or_else(|e| ShareReport::failed(target, None, e.to_string())));

@@ -8,7 +8,7 @@ use super::{AuditError, EXIT_ERROR, EXIT_FINDINGS};
 use crate::backend::Target;
 use crate::config::OutputFormat;
 use crate::path::RelPath;
-use crate::units::human_age;
+use crate::units::{human_age, human_size};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -44,6 +44,9 @@ pub struct ShareReport {
     pub missing: Vec<Missing>,
     pub orphans: Vec<Orphan>,
     pub archives: Vec<Archive>,
+    /// With `--usage`: what each of our volumes on the share holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<super::VolumeUsage>,
     /// Why this share could not be audited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -235,6 +238,9 @@ impl Report {
                     human_age(a.age_seconds)
                 );
             }
+            for u in &s.usage {
+                let _ = writeln!(w, "  usage    {}", usage_line(u));
+            }
         }
         if !self.unreadable.is_empty() {
             let _ = writeln!(w, "\nnot audited (unreadable annotations):");
@@ -279,6 +285,29 @@ impl Report {
         let _ = writeln!(w);
         out
     }
+}
+
+/// `pvc-1 (ns/c): 1.5 GiB of 2.0 GiB (75%), 120 files, 4 dirs`, and what went wrong.
+fn usage_line(u: &super::VolumeUsage) -> String {
+    let claim = u.claim.as_deref().unwrap_or("no claim");
+    if let Some(e) = &u.error {
+        return format!("{} ({claim}): not counted: {e}", u.pv);
+    }
+    let of = match (u.capacity_bytes, u.percent()) {
+        (Some(c), Some(p)) => format!(" of {} ({p}%)", human_size(c)),
+        _ => String::new(),
+    };
+    let unreadable = match u.unreadable_dirs {
+        0 => String::new(),
+        n => format!(", {n} unreadable dir(s) not counted"),
+    };
+    format!(
+        "{} ({claim}): {}{of}, {} files, {} dirs{unreadable}",
+        u.pv,
+        human_size(u.used_bytes),
+        u.files,
+        u.dirs
+    )
 }
 
 #[cfg(test)]
@@ -351,5 +380,38 @@ mod tests {
             },
         });
         assert_eq!(report(vec![prune_failed], vec![]).exit_code(), 2);
+    }
+
+    #[test]
+    fn usage_lines_say_how_full_each_volume_is() {
+        let mut u = crate::audit::VolumeUsage {
+            pv: "pvc-1".into(),
+            claim: Some("ns/c".into()),
+            directory: "ns-c-pvc-1".into(),
+            capacity_bytes: Some(2 << 30),
+            used_bytes: 3 << 29,
+            files: 120,
+            dirs: 4,
+            unreadable_dirs: 0,
+            error: None,
+        };
+        assert_eq!(
+            usage_line(&u),
+            "pvc-1 (ns/c): 1.5 GiB of 2.0 GiB (75%), 120 files, 4 dirs"
+        );
+        u.unreadable_dirs = 2;
+        u.capacity_bytes = None;
+        assert_eq!(
+            usage_line(&u),
+            "pvc-1 (ns/c): 1.5 GiB, 120 files, 4 dirs, 2 unreadable dir(s) not counted"
+        );
+        u.error = Some("directory not found".into());
+        assert_eq!(
+            usage_line(&u),
+            "pvc-1 (ns/c): not counted: directory not found"
+        );
+        let json = serde_json::to_value(&u).unwrap();
+        assert_eq!(json["used_bytes"], serde_json::json!(3u64 << 29));
+        assert!(json.get("capacity_bytes").is_none());
     }
 }

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod metadata;
 pub mod mounted;
 pub mod nfs3;
+mod usage;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ pub use nfs3_client::nfs3_types::nfs3::nfsstat3 as NfsStatus;
 
 use crate::path::RelPath;
 pub use copy::{Copied, CopyProgress};
+pub use usage::{Pace, Usage};
 
 /// Attributes given to a newly provisioned directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,6 +325,14 @@ pub trait Share: Send + Sync {
         path: &RelPath,
         max: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, BackendError>> + Send;
+    /// What `dir` holds (see [`Usage`]), or `None` when it does not exist. Never
+    /// follows a symlink or leaves `dir`; memory stays bounded whatever the depth and
+    /// width; each call waits for its turn in `pace`.
+    fn usage(
+        &self,
+        dir: &RelPath,
+        pace: &Pace,
+    ) -> impl Future<Output = Result<Option<Usage>, BackendError>> + Send;
 }
 
 /// Where a volume lives: what a class names and a PV records.
@@ -395,6 +405,10 @@ impl Share for AnyShare {
     }
     async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
         delegate!(self, read_file(path, max))
+    }
+
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        delegate!(self, usage(dir, pace))
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod copy;
 mod remove;
+mod usage;
 
 use std::fs;
 use std::io::ErrorKind;
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
-    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
-    Space, Stat, Written,
+    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Pace, Removed, Renamed,
+    Share, Space, Stat, Usage, Written,
 };
 use crate::path::RelPath;
 
@@ -386,6 +387,14 @@ impl Share for MountedShare {
                 return Err(BackendError::TooLarge { path: shown, max });
             }
             Ok(Some(out))
+        })
+        .await
+    }
+
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        let (dir, pace) = (dir.clone(), pace.clone());
+        self.watched("usage", move |root, progress| {
+            usage::usage(root, &dir, &pace, progress)
         })
         .await
     }

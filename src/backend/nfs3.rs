@@ -12,6 +12,7 @@ mod copy;
 mod file;
 mod pool;
 mod remove;
+mod usage;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use nfs3_client::nfs3_types::nfs3::{
 };
 
 use super::{
-    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Removed, Renamed, Share,
-    Space, Stat, Target, Written,
+    BackendError, Copied, CopyProgress, DirAttrs, Kind, Made, PARENT_MODE, Pace, Removed, Renamed,
+    Share, Space, Stat, Target, Usage, Written,
 };
 use crate::path::RelPath;
 use pool::{Purpose, Session, rpc};
@@ -537,5 +538,9 @@ impl Share for Nfs3Share {
 
     async fn read_file(&self, path: &RelPath, max: u64) -> Result<Option<Vec<u8>>, BackendError> {
         self.read_small_file(path, max).await
+    }
+
+    async fn usage(&self, dir: &RelPath, pace: &Pace) -> Result<Option<Usage>, BackendError> {
+        self.usage_of(dir, pace).await
     }
 }

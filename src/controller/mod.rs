@@ -1,6 +1,7 @@
 //! Wiring: the shared [`Context`], and [`run`], which starts the caches ([`cache`]) and
 //! the two controllers: one provisions claims ([`provision`]) and grows bound ones
-//! ([`expand`]), one reclaims released volumes ([`reclaim`]). Events are in [`events`], retries and backoff in [`retry`].
+//! ([`expand`]), one reclaims released volumes ([`reclaim`]). Events are in [`events`],
+//! retries and backoff in [`retry`]; the background usage scan in [`usage`].
 
 mod adopt;
 mod archives;
@@ -16,6 +17,7 @@ mod reclaim;
 mod restore;
 mod retention;
 mod retry;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,6 +41,7 @@ use cached_volume::CachedVolume;
 pub(crate) use retry::Reclaimed;
 use retry::error_policy;
 pub use retry::{Error, backoff_delay};
+pub use usage::UsageScan;
 
 pub struct Context {
     pub client: Client,
@@ -65,6 +68,8 @@ pub struct Context {
     clones: clone::Clones,
     /// Pause between passes of archive retention.
     archive_retention_interval: std::time::Duration,
+    /// The background usage scan (`usage.rs`), when it is on.
+    usage_scan: Option<UsageScan>,
 }
 
 impl Context {
@@ -92,6 +97,7 @@ impl Context {
             placements: Default::default(),
             clones: clone::Clones::default(),
             archive_retention_interval: retention::DEFAULT_INTERVAL,
+            usage_scan: None,
         }
     }
 
@@ -120,6 +126,12 @@ impl Context {
             names.extend(a.provisioners.iter().cloned());
         }
         names
+    }
+
+    /// Turns the usage scan on (`Some`) for as long as the controllers run.
+    pub fn with_usage_scan(mut self, scan: Option<UsageScan>) -> Self {
+        self.usage_scan = scan;
+        self
     }
 }
 
@@ -181,6 +193,8 @@ pub async fn run(
     );
     let ctx = Arc::new(ctx_parts(classes.clone(), volumes.clone()));
     let _ = provisioner.set(ctx.kept_whole());
+    // Stops with this function, or when its future is dropped (the Lease lost).
+    let _usage_scan = usage::start(ctx.clone());
     let config = ControllerConfig::default().concurrency(concurrency);
 
     // A new or changed class may make waiting claims provisionable: look at all again.

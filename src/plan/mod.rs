@@ -13,6 +13,7 @@
 //! - [`clone`]: whether a claim asks for a copy of another claim, and may have it.
 //! - [`archive`]: who owned an archive (its record), and who holds it now;
 //! - [`restore`]: whether a claim may start from an archive.
+//! - [`usage`]: which volumes a usage scan looks at, and when one is over its size.
 
 use thiserror::Error;
 
@@ -33,6 +34,7 @@ pub mod reclaim;
 pub mod record;
 pub mod release;
 pub mod restore;
+pub mod usage;
 pub mod volume;
 
 pub use claim::{

@@ -568,3 +568,61 @@ pub async fn small_files_are_exclusive_and_bounded<S: Share>(
             .is_err()
     );
 }
+
+/// Usage counts what the volume holds and nothing a link points to: not a directory
+/// outside, not the volume again through a loop. `disk` as above.
+pub async fn usage_never_follows_symlinks<S: Share>(share: &S, base: &str, disk: &std::path::Path) {
+    use nfs3_provisioner::backend::Pace;
+    use std::fs;
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("huge"), vec![7u8; 4 << 20]).unwrap();
+    let vol = disk.join(base).join("usage");
+    fs::create_dir_all(vol.join("a/b/c")).unwrap();
+    fs::create_dir_all(vol.join("many")).unwrap();
+    fs::create_dir_all(vol.join("empty")).unwrap();
+    fs::write(vol.join("a/b/c/deep"), b"deep").unwrap();
+    fs::write(vol.join("big"), vec![1u8; 1 << 20]).unwrap();
+    // Several READDIRPLUS pages, and subdirectories between them.
+    for i in 0..700 {
+        fs::write(vol.join(format!("many/file-{i:04}")), b"0123456789").unwrap();
+        if i % 100 == 0 {
+            fs::create_dir(vol.join(format!("many/sub-{i:04}"))).unwrap();
+            fs::write(vol.join(format!("many/sub-{i:04}/x")), b"x").unwrap();
+        }
+    }
+    std::os::unix::fs::symlink(outside.path(), vol.join("link-out")).unwrap();
+    std::os::unix::fs::symlink(".", vol.join("a/loop")).unwrap();
+    std::os::unix::fs::symlink("../..", vol.join("a/b/up")).unwrap();
+
+    let u = share
+        .usage(&p(base, "usage"), &Pace::unlimited())
+        .await
+        .unwrap()
+        .expect("the volume exists");
+    // a, a/b, a/b/c, many, 7 × many/sub-*, empty.
+    assert_eq!(u.dirs, 12, "{u:?}");
+    // deep, big, 700 + 7 files in many, three links.
+    assert_eq!(u.files, 1 + 1 + 707 + 3, "{u:?}");
+    assert_eq!(u.unreadable, 0, "{u:?}");
+    let data = (1 << 20) + 7000 + 7 + 4;
+    assert!(u.apparent_bytes >= data, "{u:?}");
+    // The 4 MiB outside were never reached.
+    assert!(u.apparent_bytes < data + (1 << 20), "{u:?}");
+    assert!(u.bytes >= 1 << 20 && u.bytes < 4 << 20, "{u:?}");
+    assert!(u.calls > 1, "{u:?}");
+
+    assert_eq!(
+        share
+            .usage(&p(base, "no-such-volume"), &Pace::unlimited())
+            .await
+            .unwrap(),
+        None
+    );
+    std::os::unix::fs::symlink(outside.path(), disk.join(base).join("usage-link")).unwrap();
+    assert!(matches!(
+        share
+            .usage(&p(base, "usage-link"), &Pace::unlimited())
+            .await,
+        Err(BackendError::Symlink { .. })
+    ));
+}
