@@ -118,7 +118,7 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
         &other,
         "steal",
         "ProvisioningFailed",
-        &format!("was not made from a volume of namespace \"{other}\""),
+        &format!("no archive {name:?} of this namespace is recorded"),
         LIMIT,
     )
     .await;
@@ -135,7 +135,7 @@ async fn an_archive_comes_back_only_into_its_own_namespace() {
         &ns,
         "missing",
         "ProvisioningFailed",
-        "no archive \"archived-nothing-here\" is recorded",
+        "no archive \"archived-nothing-here\" of this namespace is recorded",
         LIMIT,
     )
     .await;

@@ -29,11 +29,12 @@ pub enum RestoreRefusal {
         "archive name {0:?} is not a name: it must be one path segment as `audit` lists it (no \"/\", not \".\" or \"..\", no control characters)"
     )]
     BadName(String),
-    #[error("no archive {0:?} is recorded on this StorageClass's share")]
+    #[error("no archive {0:?} of this namespace is recorded on this StorageClass's share")]
     NoRecord(String),
     #[error("the record of archive {name:?} cannot be trusted: {why}; nothing was moved")]
     BadRecord { name: String, why: String },
-    #[error("archive {name:?} was not made from a volume of namespace {namespace:?}")]
+    /// Worded as `NoRecord`: a tenant learns nothing of other namespaces' archives.
+    #[error("no archive {name:?} of this namespace is recorded on this StorageClass's share")]
     OtherNamespace { name: String, namespace: String },
     #[error(
         "archive {name:?} is on {recorded}, not on {wanted}, the share this StorageClass targets"
