@@ -429,7 +429,12 @@ fn provisioned_by(pv: &PersistentVolume) -> &str {
 /// Every export of the test NFS server (export3 only where `nfs.sh` serves it).
 pub fn exports() -> Vec<PathBuf> {
     let env = super::nfs();
-    let mut all = vec![env.export1.clone(), env.export2.clone()];
+    let mut all = vec![
+        env.export1.clone(),
+        env.export2.clone(),
+        env.export4.clone(),
+        env.export5.clone(),
+    ];
     if let Some(parent) = env.export1.parent() {
         all.push(parent.join("export3"));
     }

@@ -14,6 +14,10 @@ pub struct NfsEnv {
     pub server: String,
     pub export1: PathBuf,
     pub export2: PathBuf,
+    /// Small tmpfs filesystems of their own (64 and 128 MiB) where the machine lets
+    /// `nfs.sh` mount them, plain directories otherwise.
+    pub export4: PathBuf,
+    pub export5: PathBuf,
 }
 
 fn repo() -> &'static Path {
@@ -69,6 +73,8 @@ pub fn nfs() -> &'static NfsEnv {
             server: lookup(&env, "NFS_SERVER"),
             export1: lookup(&env, "NFS_EXPORT1").into(),
             export2: lookup(&env, "NFS_EXPORT2").into(),
+            export4: lookup(&env, "NFS_EXPORT4").into(),
+            export5: lookup(&env, "NFS_EXPORT5").into(),
         }
     })
 }
