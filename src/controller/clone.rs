@@ -34,6 +34,7 @@ use crate::backend::{
 use crate::metrics;
 use crate::path::RelPath;
 use crate::plan::clone::{CloneRefusal, CloneSource, check_source, requested};
+use crate::plan::record::Recorded;
 use crate::plan::{PlanError, ProvisionPlan};
 
 /// Where copies are staged, never a volume's directory: a subdirectory of the share's metadata directory (`path::METADATA_DIR`) for staging.
@@ -329,6 +330,37 @@ async fn current_source(
         &ctx.provisioner,
     )
     .await
+}
+
+/// The export a clone's source volume is on, so that a class over several exports puts
+/// the clone there: copies are made within one share. `None` when the claim asks for no
+/// clone or its source cannot be copied (or read) now; placement then goes on as for any
+/// claim, and the clone's own checks explain a refusal.
+pub(super) async fn source_export(
+    pvc: &PersistentVolumeClaim,
+    ctx: &Context,
+) -> Option<crate::backend::Target> {
+    let source = requested(pvc).ok().flatten()?;
+    let ns = pvc.metadata.namespace.as_deref().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let claim = tokio::time::timeout(API_DEADLINE, claims.get_opt(&source))
+        .await
+        .ok()?
+        .ok()??;
+    let bound = claim.spec.as_ref()?.volume_name.clone()?;
+    let pv = ctx.volumes.get(&ObjectRef::new(&bound))?.to_volume();
+    let there = Recorded::from_pv(&pv).ok()?.target();
+    // The same rules as the copy itself, checked on the source's own export.
+    check_source(
+        pvc,
+        &source,
+        Some(&claim),
+        Some(&pv),
+        &there,
+        &ctx.provisioner,
+    )
+    .ok()
+    .map(|s| s.target)
 }
 
 /// The source claim is read from the API server; its volume from the cache, which holds

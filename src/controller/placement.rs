@@ -89,6 +89,12 @@ pub(super) async fn place(
             return Some(Action::await_change());
         }
     };
+    // A clone is copied within one share: it goes to its source's export when the class
+    // has it (its floors still apply), whatever the others' free space.
+    let candidates = match super::clone::source_export(pvc, ctx).await {
+        Some(there) => placement::pin(candidates, &there),
+        None => candidates,
+    };
     let probes =
         futures::future::join_all(candidates.iter().map(|c| probe(ctx, &c.target, volume))).await;
     let uid = uid_of(pvc);

@@ -25,6 +25,18 @@ pub struct Candidate {
     pub min_free: MinFree,
 }
 
+/// Only the candidate on `there`'s export (server and path), when the class has it; all
+/// of them otherwise (a clone whose source lies elsewhere is then refused by its own
+/// checks).
+pub fn pin(candidates: Vec<Candidate>, there: &Target) -> Vec<Candidate> {
+    let same = |c: &Candidate| c.target.server == there.server && c.target.share == there.share;
+    if candidates.iter().any(same) {
+        candidates.into_iter().filter(same).collect()
+    } else {
+        candidates
+    }
+}
+
 /// What asking one export gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -304,6 +316,30 @@ mod tests {
 
     fn down() -> Probe {
         Probe::Unreachable("connection refused".into())
+    }
+
+    #[test]
+    fn a_clone_is_pinned_to_its_sources_export_when_the_class_has_it() {
+        let all = || vec![cand("/a", None, None), cand("/b", Some(GI), None)];
+        let shares = |c: Vec<Candidate>| c.into_iter().map(|c| c.target.share).collect::<Vec<_>>();
+        // Ports are the class's business: server and path decide.
+        let there = Target {
+            port: Some(2049),
+            ..target("/b")
+        };
+        let pinned = pin(all(), &there);
+        assert_eq!(shares(pinned.clone()), ["/b"]);
+        assert_eq!(
+            pinned[0].min_free.bytes,
+            Some(GI),
+            "its floor still applies"
+        );
+        assert_eq!(shares(pin(all(), &target("/elsewhere"))), ["/a", "/b"]);
+        let other_server = Target {
+            server: "10.0.0.6".into(),
+            ..target("/b")
+        };
+        assert_eq!(shares(pin(all(), &other_server)), ["/a", "/b"]);
     }
 
     fn index(r: Result<Chosen, Refusal>) -> Result<usize, String> {

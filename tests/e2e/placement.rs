@@ -326,3 +326,56 @@ async fn a_new_volume_goes_to_the_export_with_the_most_free_space() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_goes_to_its_sources_export_whatever_the_free_space() {
+    let _shared = EXCLUSIVE.read().await;
+    let env = common::nfs();
+    let (e1, e4, e5) = (&env.export1, &env.export4, &env.export5);
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).unwrap_or(0);
+    if dev(e4) == dev(e1) || dev(e5) == dev(e1) || dev(e4) == dev(e5) {
+        eprintln!("export4 and export5 are not filesystems of their own here: not run");
+        return;
+    }
+    let (s4, s5) = (
+        e4.to_string_lossy().into_owned(),
+        e5.to_string_lossy().into_owned(),
+    );
+    let fx = Fixture::new("clone-room").await;
+    let ns = fx.namespace().await;
+    let client = fx.client.clone();
+    let class = fx
+        .class("clone-room", shares(&[entry(&s4, ""), entry(&s5, "")]))
+        .await;
+    let small = json!({"resources": {"requests": {"storage": "1Mi"}}});
+    let p = fx.start("", &[]);
+    fx.claim_with(&ns, "source", &class, json!({}), small.clone())
+        .await;
+    all_bound(&client, &ns, 1, Duration::from_secs(60), &p).await;
+    let pvs = volumes_of(&client, &ns).await;
+    let source = pv_of(&pvs, "source");
+    assert_eq!(share_of(source), s5, "the source on the larger export");
+    std::fs::write(on_disk(source).join("data"), b"cloned").expect("source content");
+
+    // export5 now has less room than export4; the clone still goes to export5.
+    let filler = Filler(e5.join(format!("{ns}-filler")));
+    std::fs::write(&filler.0, vec![7u8; 100 << 20]).expect("fill export5");
+    let mut spec = small;
+    spec["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "source"});
+    fx.claim_with(&ns, "copy", &class, json!({}), spec).await;
+    all_bound(&client, &ns, 2, Duration::from_secs(90), &p).await;
+    let pvs = volumes_of(&client, &ns).await;
+    let copy = pv_of(&pvs, "copy");
+    assert_eq!(share_of(copy), s5, "the clone beside its source");
+    assert_eq!(
+        std::fs::read(on_disk(copy).join("data")).expect("copied content"),
+        b"cloned"
+    );
+    assert!(
+        on_export(&s4, &ns).is_empty(),
+        "nothing on export4: {:?}",
+        on_export(&s4, &ns)
+    );
+    drop(filler);
+    fx.reclaim_all(&ns, Duration::from_secs(60), &p).await;
+}
