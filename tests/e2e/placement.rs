@@ -269,22 +269,33 @@ impl Drop for Filler {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_volume_goes_to_the_export_with_the_most_free_space() {
-    let _shared = EXCLUSIVE.read().await;
+/// export4 and export5 (64 and 128 MiB), when they are filesystems of their own: only
+/// there does FSSTAT differ between exports. Elsewhere (nfs.sh could not mount them) the
+/// caller does not run; the floors tests above still show placement by room.
+/// Held while a test uses them: the tests fill them, and each reads their free space.
+async fn small_exports() -> Option<(String, String, tokio::sync::MutexGuard<'static, ()>)> {
+    static SMALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let held = SMALL.lock().await;
     let env = common::nfs();
     let (e1, e4, e5) = (&env.export1, &env.export4, &env.export5);
     let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).unwrap_or(0);
     if dev(e4) == dev(e1) || dev(e5) == dev(e1) || dev(e4) == dev(e5) {
-        // Only where nfs.sh could not mount its two small filesystems; the floors
-        // test above still shows placement by room.
         eprintln!("export4 and export5 are not filesystems of their own here: not run");
-        return;
+        return None;
     }
-    let (s4, s5) = (
+    Some((
         e4.to_string_lossy().into_owned(),
         e5.to_string_lossy().into_owned(),
-    );
+        held,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_volume_goes_to_the_export_with_the_most_free_space() {
+    let _shared = EXCLUSIVE.read().await;
+    let Some((s4, s5, _small)) = small_exports().await else {
+        return;
+    };
     let fx = Fixture::new("room").await;
     let ns = fx.namespace().await;
     let client = fx.client.clone();
@@ -305,7 +316,7 @@ async fn a_new_volume_goes_to_the_export_with_the_most_free_space() {
     );
 
     // 100 MiB written on the server's side: export5 now has less room than export4.
-    let filler = Filler(e5.join(format!("{ns}-filler")));
+    let filler = Filler(Path::new(&s5).join(format!("{ns}-filler")));
     std::fs::write(&filler.0, vec![7u8; 100 << 20]).expect("fill export5");
     fx.claim_with(&ns, "second", &class, json!({}), small).await;
     all_bound(&client, &ns, 2, Duration::from_secs(60), &p).await;
@@ -330,17 +341,9 @@ async fn a_new_volume_goes_to_the_export_with_the_most_free_space() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clone_goes_to_its_sources_export_whatever_the_free_space() {
     let _shared = EXCLUSIVE.read().await;
-    let env = common::nfs();
-    let (e1, e4, e5) = (&env.export1, &env.export4, &env.export5);
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).unwrap_or(0);
-    if dev(e4) == dev(e1) || dev(e5) == dev(e1) || dev(e4) == dev(e5) {
-        eprintln!("export4 and export5 are not filesystems of their own here: not run");
+    let Some((s4, s5, _small)) = small_exports().await else {
         return;
-    }
-    let (s4, s5) = (
-        e4.to_string_lossy().into_owned(),
-        e5.to_string_lossy().into_owned(),
-    );
+    };
     let fx = Fixture::new("clone-room").await;
     let ns = fx.namespace().await;
     let client = fx.client.clone();
@@ -358,7 +361,7 @@ async fn a_clone_goes_to_its_sources_export_whatever_the_free_space() {
     std::fs::write(on_disk(source).join("data"), b"cloned").expect("source content");
 
     // export5 now has less room than export4; the clone still goes to export5.
-    let filler = Filler(e5.join(format!("{ns}-filler")));
+    let filler = Filler(Path::new(&s5).join(format!("{ns}-filler")));
     std::fs::write(&filler.0, vec![7u8; 100 << 20]).expect("fill export5");
     let mut spec = small;
     spec["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "source"});
