@@ -286,8 +286,9 @@ pub(crate) async fn real_main() -> Res<()> {
         log(format!("stopping early: {e}"));
     }
     log("cleaning up");
-    if std::env::var("BENCH_FOOTPRINT_REUSE").is_ok_and(|v| !v.is_empty()) {
-        log("BENCH_FOOTPRINT_REUSE: cluster objects left for cluster.sh down --purge");
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+    if set("BENCH_FOOTPRINT_REUSE") || set("BENCH_KEEP") {
+        log("cluster objects left for BENCH_FOOTPRINT_REUSE and cluster.sh down --purge");
     } else {
         cleanup_cluster(&env, &client).await;
     }

@@ -445,13 +445,33 @@ impl Bench {
         // The deletecollection call itself can outlast the client's read timeout on a
         // loaded API server (it answers once every claim is marked): the watches time
         // the reclaim, so the call runs beside them and a late answer is only logged.
+        // The API server gives up on it after its own 60 s request timeout, leaving the
+        // rest of the claims unmarked (seen at N=5000): then it is asked again.
         let claims = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), ns);
         tokio::spawn(async move {
-            if let Err(e) = claims
-                .delete_collection(&DeleteParams::default(), &ListParams::default())
-                .await
-            {
-                log(format!("reclaim: deletecollection of the claims: {e}"));
+            for _ in 0..10 {
+                if let Err(e) = claims
+                    .delete_collection(&DeleteParams::default(), &ListParams::default())
+                    .await
+                {
+                    log(format!("reclaim: deletecollection of the claims: {e}"));
+                }
+                match claims.list_metadata(&ListParams::default()).await {
+                    Ok(l) => {
+                        let left = l
+                            .items
+                            .iter()
+                            .filter(|c| c.metadata.deletion_timestamp.is_none())
+                            .count();
+                        if left == 0 {
+                            return;
+                        }
+                        log(format!(
+                            "reclaim: {left} claims not marked yet; asking again"
+                        ));
+                    }
+                    Err(e) => log(format!("reclaim: listing the claims left: {e}")),
+                }
             }
         });
         let dirs_left = Mutex::new(dirs.clone());
