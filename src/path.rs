@@ -3,6 +3,7 @@
 //! Everything that reaches the NFS server as a path goes through [`RelPath`], whose only
 //! constructor refuses anything that could leave the share or name its root.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -157,14 +158,26 @@ fn is_format_char(c: char) -> bool {
 /// The form in which two absolute paths are compared for ownership: Unicode NFC (a
 /// server may store `é` composed or not, and some normalise), lower-cased for a
 /// case-insensitive server, without a trailing slash.
-pub fn compare_key(full_path: &str, case_insensitive: bool) -> String {
+///
+/// Every provisioning and every release compares its path with that of every cached
+/// PV: an ASCII path (nearly all of them) is already NFC and lower-cases byte by byte,
+/// so it is compared as it is, without a copy.
+pub fn compare_key(full_path: &str, case_insensitive: bool) -> Cow<'_, str> {
     use unicode_normalization::UnicodeNormalization;
-    let nfc: String = full_path.trim_end_matches('/').nfc().collect();
-    if case_insensitive {
+    let trimmed = full_path.trim_end_matches('/');
+    if trimmed.is_ascii() {
+        return if case_insensitive && trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(trimmed.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(trimmed)
+        };
+    }
+    let nfc: String = trimmed.nfc().collect();
+    Cow::Owned(if case_insensitive {
         nfc.to_lowercase()
     } else {
         nfc
-    }
+    })
 }
 
 /// Whether `inner` is `outer` or lies below it (both in [`compare_key`] form).
@@ -386,6 +399,37 @@ pub fn check_template(template: &str, dialect: Dialect) -> Result<(), TemplateEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy-free ASCII path gives what normalising every path gives.
+    #[test]
+    fn compare_keys_are_nfc_and_lower_case_whatever_the_path() {
+        use unicode_normalization::UnicodeNormalization;
+        let paths = [
+            "/srv/a",
+            "/srv/A/Data/",
+            "/srv//x//",
+            "/srv/caf\u{e9}",
+            "/srv/CAFE\u{301}/",
+            "/srv/\u{c4}rger",
+            "",
+            "/",
+        ];
+        for p in paths {
+            for case_insensitive in [false, true] {
+                let nfc: String = p.trim_end_matches('/').nfc().collect();
+                let want = if case_insensitive {
+                    nfc.to_lowercase()
+                } else {
+                    nfc
+                };
+                assert_eq!(compare_key(p, case_insensitive), want, "{p:?}");
+            }
+        }
+        assert!(matches!(
+            compare_key("/srv/a/", false),
+            Cow::Borrowed("/srv/a")
+        ));
+    }
 
     fn vars<'a>(
         labels: &'a BTreeMap<String, String>,

@@ -96,12 +96,11 @@ pub fn check<'a>(
     case_insensitive: bool,
     others: impl IntoIterator<Item = Occupant<'a>>,
 ) -> Result<Vec<String>, Conflict> {
-    let key = |p: &str| compare_key(p, case_insensitive);
-    let mine = key(full_path);
-    let share = key(share);
+    let mine = compare_key(full_path, case_insensitive);
+    let share = compare_key(share, case_insensitive);
     let mut shared = Vec::new();
     for other in others {
-        let theirs = key(other.path);
+        let theirs = compare_key(other.path, case_insensitive);
         // The export itself, or anything above it: all volumes are inside by design.
         if nests(&share, &theirs) {
             continue;
