@@ -17,7 +17,7 @@
 #   compose-up        both images, then `compose up -d` (no registry needed)
 #   compose-down      `compose down` (add -v to drop the exported data)
 #   env               `export` lines for tests: engine, its configuration, image names
-#   install           as root: podman, runc, debootstrap, musl-tools (apt-get), the
+#   install           as root: podman, runc, catatonit, debootstrap, musl-tools (apt-get), the
 #                     musl Rust target (rustup) and podman-compose (PyPI, in a virtualenv)
 set -euo pipefail
 
@@ -231,7 +231,9 @@ cmd_install() {
   if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     docker=true
   else
-    pkgs+=(podman runc python3-venv)
+    # catatonit: podman's init for compose's `init: true` (a recommends of
+    # podman, which --no-install-recommends and some preinstalled podmans lack).
+    pkgs+=(podman runc catatonit python3-venv)
   fi
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
